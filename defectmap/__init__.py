@@ -1,0 +1,11 @@
+"""defectmap: learn what good parts look like, then score images and outline defects.
+
+Public API: `fit`, `load`, `evaluate`, `predict`, `MODELS`.
+"""
+
+__version__ = "0.1.0"
+
+from defectmap.engine import Detector, evaluate, fit, load, predict  # noqa: E402
+from defectmap.models import MODELS  # noqa: E402
+
+__all__ = ["MODELS", "Detector", "evaluate", "fit", "load", "predict", "__version__"]

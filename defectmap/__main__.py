@@ -1,0 +1,7 @@
+"""`python -m defectmap` runs the command-line tool."""
+
+import sys
+
+from defectmap.cli import main
+
+sys.exit(main())

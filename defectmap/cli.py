@@ -1,0 +1,139 @@
+"""The `defectmap` command: argparse subcommands, each a few lines calling the library.
+
+Errors the user can fix are printed as one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from defectmap import engine, outputs
+from defectmap.config import build_config, resolve_config
+from defectmap.data.demo import write_demo_dataset
+from defectmap.data.mvtec import open_category
+from defectmap.errors import DefectmapError
+from defectmap.models import MODELS
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    cfg = build_config(args.model, args.config, args.set, root=args.data, category=args.category)
+    checkpoint = engine.fit(cfg, args.out, progress=not args.quiet)
+    print(f"saved {checkpoint}")
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    detector = engine.load(args.checkpoint, device=args.device)
+    data_cfg = detector.config.data
+    data_cfg.root = args.data or data_cfg.root
+    data_cfg.category = args.category or data_cfg.category
+    report = engine.evaluate(detector, open_category(data_cfg), progress=not args.quiet)
+    path = outputs.write_metrics(report, Path(args.out) if args.out else Path(args.checkpoint).parent)
+    print(outputs.format_table(report))
+    print(f"wrote {path}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    found = outputs.collect_images(args.paths)
+    detector = engine.load(args.checkpoint, device=args.device)
+    rows = engine.predict(detector, [sample for sample, _ in found], progress=not args.quiet)
+    names = {sample.path: name for sample, name in found}
+    count = outputs.write_predictions(rows, names, detector.calibration, Path(args.out))
+    print(f"scored {count} images: {Path(args.out) / 'scores.csv'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    root = write_demo_dataset(out / "data", seed=args.seed).parent
+    preset = resources.files("defectmap") / "presets" / "demo.yaml"
+    cfg = build_config(None, str(preset), args.set, root=str(root), category="fabric")
+    checkpoint = engine.fit(cfg, out / "run", progress=not args.quiet)
+    detector = engine.load(checkpoint)
+    report = engine.evaluate(detector, open_category(detector.config.data), progress=not args.quiet)
+    outputs.write_metrics(report, out / "run")
+    print(outputs.format_table(report))
+    print(f"checkpoint and metrics.json in {out / 'run'}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    for name, cls in MODELS.items():
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name:<6} {doc[0] if doc else cls.__name__}")
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import yaml
+
+    cfg = resolve_config({}, args.model)
+    print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="defectmap", description="Anomaly detection and defect maps for images.")
+    sub = main.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="train a model on the good images of one category")
+    p.add_argument("--model", choices=list(MODELS), default=None, help="method (default: the preset's, else ae)")
+    p.add_argument("--data", help="dataset root (MVTec AD layout: ROOT/CATEGORY/train/good ...)")
+    p.add_argument("--category", help="category folder under --data")
+    p.add_argument("--out", required=True, help="run folder for model.ckpt and history.json")
+    p.add_argument("--config", help="YAML preset with data:, train:, model: sections")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
+    common(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("test", help="evaluate a checkpoint on its test split; writes metrics.json")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="dataset root (default: the one it was trained on)")
+    p.add_argument("--category")
+    p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
+    p.add_argument("--device", default="auto")
+    common(p)
+    p.set_defaults(handler=cmd_test)
+
+    p = sub.add_parser("predict", help="score images; writes scores.csv and one anomaly-map PNG per image")
+    p.add_argument("checkpoint")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+    common(p)
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("demo", help="generate the built-in fabric data, train the AE baseline, print metrics")
+    p.add_argument("--out", default="defectmap-demo")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    common(p)
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("models", help="list the available methods")
+    p.set_defaults(handler=cmd_models)
+
+    p = sub.add_parser("config", help="print the default configuration of a method as YAML")
+    p.add_argument("--model", choices=list(MODELS), default="ae")
+    p.set_defaults(handler=cmd_config)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except DefectmapError as exc:
+        print(f"defectmap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("defectmap: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Plain dataclass configuration: defaults, then a YAML preset, then `--set a.b=c` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from defectmap.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # dataset root; for `mvtec` the folder that holds <category>/
+    category: str = ""
+    format: str = "mvtec"  # mvtec | folder
+    image_size: int = 256  # model input is image_size x image_size
+    val_fraction: float = 0.1  # share of train/good held out as normal validation images
+    split_seed: int = 0
+    cache: bool = True  # keep preprocessed training images in memory
+    num_workers: int = 0
+    max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
+    # `folder` format: a folder of good images, optionally defective images and their masks
+    good_dir: str = ""
+    test_good_dir: str = ""
+    defect_dir: str = ""
+    mask_dir: str = ""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    patience: int = 10  # epochs without validation improvement before stopping; 0 disables
+    max_minutes: float = 0.0  # wall-clock budget for training; 0 means none
+    eval_batch_size: int = 16
+    false_reject_rate: float = 0.01  # share of held-out good images above the threshold
+
+
+@dataclass
+class Config:
+    method: str = "ae"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: Any = None  # the method's own <Class>Config, filled in by `resolve_config`
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation, allowing int -> float and list -> tuple."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r} does not fit {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key} must be null, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} expects a list such as [1, 2], got {value!r}")
+        args = typing.get_args(annotation)
+        item_type = args[0] if args else Any
+        return tuple(_coerce(v, item_type, key) for v in value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(f"{key} expects {annotation.__name__}, got {value!r}")
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{key} expects int, got {value!r}")
+    return value
+
+
+def apply_overrides(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set nested dataclass fields from a nested dict; unknown keys name the valid ones."""
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'; valid keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{full}' is a section; set its fields, e.g. {full}.{names[0]}=...")
+            apply_overrides(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """Turn ["train.epochs=5", "model.channels=[8,16]"] into a nested dict."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got '{pair}'")
+        key, text = pair.split("=", 1)
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(text.strip())
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_preset(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config preset {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config preset {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config preset {path} must be a mapping of sections (data:, train:, model:)")
+    return values
+
+
+def resolve_config(values: dict[str, Any], method: str | None = None) -> Config:
+    """Build a Config from a nested dict (a preset merged with overrides, or a checkpoint's config)."""
+    from defectmap.models import MODELS
+
+    values = dict(values)
+    method = method or values.pop("method", None) or "ae"
+    values.pop("method", None)
+    if method not in MODELS:
+        raise ConfigError(f"unknown model '{method}'; available: {', '.join(MODELS)}")
+    cfg = Config(method=method, model=MODELS[method].Config())
+    apply_overrides(cfg, values)
+    return cfg
+
+
+def build_config(method: str | None, preset: str | None, sets: list[str], **data: Any) -> Config:
+    """CLI entry: preset file, then data arguments, then --set pairs (the last word wins)."""
+    values = load_preset(preset) if preset else {}
+    given = {k: v for k, v in data.items() if v is not None}
+    if given:
+        values = _merge(values, {"data": given})
+    values = _merge(values, parse_sets(sets))
+    return resolve_config(values, method)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

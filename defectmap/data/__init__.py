@@ -1,0 +1,1 @@
+"""Datasets on disk, image loading, the shared pre-processing, and the built-in demo data."""

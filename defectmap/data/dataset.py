@@ -1,0 +1,46 @@
+"""A torch Dataset over `Sample`s: preprocessed images, masks at model size, original sizes."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from defectmap.data.images import load_image, load_mask
+from defectmap.data.mvtec import Sample
+from defectmap.data.transforms import preprocess, resize_mask
+
+
+class ImageDataset(Dataset):
+    """Items are dicts: image (3, S, S), mask (S, S), label, index, and size (H, W) of the original."""
+
+    def __init__(self, samples: list[Sample], image_size: int, *, cache: bool = False, max_pixels: int = 100_000_000):
+        self.samples = samples
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        self._cache: dict[int, dict] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int) -> dict:
+        sample = self.samples[index]
+        image = load_image(sample.path, self.max_pixels)
+        size = image.shape[:2]
+        if sample.mask_path is not None:
+            mask = resize_mask(load_mask(sample.mask_path, size, self.max_pixels), self.image_size)
+        else:
+            mask = torch.zeros(self.image_size, self.image_size)
+        return {
+            "image": preprocess(image, self.image_size),
+            "mask": mask,
+            "label": torch.tensor(sample.label),
+            "index": torch.tensor(index),
+            "size": torch.tensor(size),
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        if self._cache is None:
+            return self._load(index)
+        if index not in self._cache:
+            self._cache[index] = self._load(index)
+        return self._cache[index]

@@ -1,0 +1,84 @@
+"""Reading images and masks from disk into RGB float arrays in [0, 1] and boolean masks."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from defectmap.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"image {path} is an empty file")
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            if image.width * image.height > max_pixels:
+                raise DataError(
+                    f"image {path} has {image.width}x{image.height} pixels, over the limit of {max_pixels}; "
+                    "raise data.max_pixels if it is genuine"
+                )
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"image {path} exceeds the pixel limit {max_pixels}; raise data.max_pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{path} is not a readable image (expected PNG, JPG, BMP or TIFF)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"image {path} is damaged or truncated: {exc}") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    return ImageOps.exif_transpose(image)
+
+
+def load_image(path: str | Path, max_pixels: int = 100_000_000) -> np.ndarray:
+    """An image as an (H, W, 3) float32 array in [0, 1].
+
+    Grayscale is repeated to three channels; alpha is dropped (composited on black); palette and
+    CMYK images are converted; 16-bit and 32-bit integer images are scaled by their full range.
+    """
+    image = _open(Path(path), max_pixels)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(values.max())
+        gray = np.clip(values / peak, 0.0, 1.0)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        values = np.asarray(rgba, dtype=np.float32) / 255.0
+        return values[:, :, :3] * values[:, :, 3:]
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_mask(path: str | Path, size: tuple[int, int], max_pixels: int = 100_000_000) -> np.ndarray:
+    """A ground-truth mask as an (H, W) bool array; pixels above half the range are defects.
+
+    `size` is the (H, W) of the image it belongs to: a mask of another size is an error.
+    """
+    path = Path(path)
+    image = _open(path, max_pixels)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        mask = values > (32767.5 if image.mode != "F" else 0.5)
+    else:
+        mask = np.asarray(image.convert("L")) > 127
+    if mask.shape != tuple(size):
+        raise DataError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}")
+    return mask

@@ -1,0 +1,158 @@
+"""Dataset layouts on disk: MVTec AD (`train/good`, `test/<defect>`, `ground_truth/<defect>/<stem>_mask.png`)
+and `folder` (a folder of good images, optionally defective images and masks), split into train,
+validation (normal images carved from train, seeded) and test."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from defectmap.config import DataConfig
+from defectmap.data.images import IMAGE_SUFFIXES, is_image_file
+from defectmap.errors import DataError
+
+LAYOUT_HELP = "expected MVTec AD layout, see README#datasets"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0 good, 1 defective
+    defect: str = "good"
+    mask_path: Path | None = None  # None for good images, or when no ground truth exists
+
+
+@dataclass
+class CategoryData:
+    name: str
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    has_masks: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def _find_mask(mask_folder: Path, stem: str) -> Path | None:
+    for name in (f"{stem}_mask", stem, f"{stem}_GT", f"{stem}_gt"):
+        for suffix in IMAGE_SUFFIXES:
+            candidate = mask_folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _split_validation(good: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Seeded split of normal training images into (train, validation)."""
+    if not 0 <= fraction < 1:
+        raise DataError(f"data.val_fraction must be in [0, 1), got {fraction}")
+    order = list(good)
+    random.Random(seed).shuffle(order)
+    n_val = round(len(order) * fraction)
+    if fraction > 0 and len(order) >= 2:
+        n_val = max(1, n_val)
+    val, train = sorted(order[:n_val]), sorted(order[n_val:])
+    if not train:
+        raise DataError(f"only {len(good)} good training images: too few to hold out a validation split")
+    return train, val
+
+
+def _test_samples(root: Path, defect_dirs: list[Path], gt_root: Path | None) -> list[Sample]:
+    samples = []
+    for folder in defect_dirs:
+        defect = folder.name
+        for path in _images_in(folder):
+            if defect == "good":
+                samples.append(Sample(path, 0))
+                continue
+            mask = None
+            if gt_root is not None:
+                mask = _find_mask(gt_root / defect, path.stem)
+                if mask is None:
+                    raise DataError(
+                        f"no mask for {path}: expected {gt_root / defect / (path.stem + '_mask.png')}"
+                    )
+            samples.append(Sample(path, 1, defect, mask))
+    return samples
+
+
+def open_mvtec(cfg: DataConfig) -> CategoryData:
+    if not cfg.root:
+        raise DataError("no dataset given: pass --data ROOT --category NAME (MVTec AD layout, see README#datasets)")
+    root = Path(cfg.root) / cfg.category if cfg.category else Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"category folder {root} does not exist; {LAYOUT_HELP}")
+    good_dir = root / "train" / "good"
+    if not good_dir.is_dir() or not _images_in(good_dir):
+        raise DataError(f"no images found in {good_dir}: {LAYOUT_HELP}")
+    train, val = _split_validation(_images_in(good_dir), cfg.val_fraction, cfg.split_seed)
+    test_root = root / "test"
+    defect_dirs = sorted(d for d in test_root.iterdir() if d.is_dir()) if test_root.is_dir() else []
+    gt_root = root / "ground_truth"
+    notes = []
+    if not gt_root.is_dir():
+        gt_root = None
+        notes.append(f"no ground_truth folder in {root}: image-level metrics only")
+    test = _test_samples(root, defect_dirs, gt_root)
+    if not test:
+        notes.append(f"no test images in {test_root}: training only")
+    return CategoryData(
+        name=cfg.category or root.name,
+        train=[Sample(p, 0) for p in train],
+        val=[Sample(p, 0) for p in val],
+        test=test,
+        has_masks=gt_root is not None,
+        notes=notes,
+    )
+
+
+def open_folder(cfg: DataConfig) -> CategoryData:
+    """`folder` format: data.good_dir (required); data.test_good_dir, data.defect_dir, data.mask_dir optional.
+
+    Good images are split into train and validation; the test set is the images of test_good_dir (good)
+    and defect_dir (defective, masks paired by name from mask_dir).
+    """
+    if not cfg.good_dir:
+        raise DataError("format 'folder' needs --set data.good_dir=DIR (a folder of good images)")
+    good_dir = Path(cfg.good_dir)
+    if not good_dir.is_dir() or not _images_in(good_dir):
+        raise DataError(f"no images found in {good_dir}: data.good_dir must hold good images")
+    train, val = _split_validation(_images_in(good_dir), cfg.val_fraction, cfg.split_seed)
+    test, notes = [], []
+    if cfg.test_good_dir:
+        test_good = Path(cfg.test_good_dir)
+        if not test_good.is_dir():
+            raise DataError(f"data.test_good_dir {test_good} does not exist")
+        test += [Sample(p, 0) for p in _images_in(test_good)]
+    if cfg.defect_dir:
+        defect_dir = Path(cfg.defect_dir)
+        if not defect_dir.is_dir():
+            raise DataError(f"data.defect_dir {defect_dir} does not exist")
+        for path in _images_in(defect_dir):
+            mask = None
+            if cfg.mask_dir:
+                mask = _find_mask(Path(cfg.mask_dir), path.stem)
+                if mask is None:
+                    raise DataError(f"no mask for {path} in {cfg.mask_dir}: expected {path.stem}_mask.png")
+            test.append(Sample(path, 1, "defect", mask))
+    if not cfg.mask_dir:
+        notes.append("no data.mask_dir: image-level metrics only")
+    return CategoryData(
+        name=cfg.category or good_dir.name,
+        train=[Sample(p, 0) for p in train],
+        val=[Sample(p, 0) for p in val],
+        test=test,
+        has_masks=bool(cfg.mask_dir),
+        notes=notes,
+    )
+
+
+def open_category(cfg: DataConfig) -> CategoryData:
+    formats = {"mvtec": open_mvtec, "folder": open_folder}
+    if cfg.format not in formats:
+        raise DataError(f"unknown data.format '{cfg.format}'; available: {', '.join(formats)}")
+    return formats[cfg.format](cfg)

@@ -1,0 +1,100 @@
+"""Plain convolutional autoencoder: the baseline every method is compared with.
+
+Pixel map = per-pixel squared reconstruction error (or 1 - SSIM), Gaussian smoothed; image score =
+max of the map. Trained with MSE, optionally plus an SSIM term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectmap.models.base import AnomalyModel, Output
+from defectmap.models.smoothing import GaussianBlur
+from defectmap.models.ssim import ssim_map
+
+
+@dataclass
+class AEConfig:
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # one stride-2 encoder stage per entry
+    latent_channels: int = 32  # 1x1 bottleneck width: the information limit that makes defects hard to rebuild
+    ssim_weight: float = 0.0  # loss = MSE + ssim_weight * (1 - SSIM)
+    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM)
+    smoothing_sigma: float = 4.0  # Gaussian sigma of the map, in model pixels
+
+
+def down_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+def up_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def reconstruction_error(images: torch.Tensor, recon: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, H, W) per-pixel error between images and their reconstructions."""
+    if kind == "l2":
+        return (images - recon).pow(2).mean(1)
+    if kind == "ssim":
+        return 1.0 - ssim_map(images, recon)
+    raise ValueError(f"unknown error '{kind}'; use l2 or ssim")
+
+
+class Autoencoder(AnomalyModel):
+    Config = AEConfig
+
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = (3, *cfg.channels)
+        self.encoder = nn.Sequential(*[down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(widths[-1], cfg.latent_channels, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(cfg.latent_channels, widths[-1], 1),
+            nn.ReLU(inplace=True),
+        )
+        rev = widths[::-1][:-1]  # (256, 128, 64, 32)
+        self.decoder = nn.Sequential(*[up_block(a, b) for a, b in zip(rev[:-1], rev[1:], strict=True)])
+        # The last upsampling step has a single light convolution: full-resolution convs dominate CPU cost.
+        self.head = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(rev[-1], 3, 3, padding=1)
+        )
+        self.blur = GaussianBlur(cfg.smoothing_sigma)
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(self.decoder(self.bottleneck(self.encoder(images)))))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        recon = self.reconstruct(images)
+        mse = F.mse_loss(recon, images)
+        losses = {"mse": mse}
+        total = mse
+        if self.cfg.ssim_weight > 0:
+            losses["ssim"] = (1 - ssim_map(images, recon)).mean()
+            total = total + self.cfg.ssim_weight * losses["ssim"]
+        losses["loss"] = total
+        return losses
+
+    def forward(self, images: torch.Tensor) -> Output:
+        maps = self.blur(reconstruction_error(images, self.reconstruct(images), self.cfg.error))  # (B, H, W)
+        return Output(maps.flatten(1).amax(1), maps)

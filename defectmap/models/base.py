@@ -1,0 +1,35 @@
+"""The one base class every model derives from, and the output every model returns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Output(NamedTuple):
+    score: torch.Tensor  # (B,) image anomaly score, higher is more anomalous
+    anomaly_map: torch.Tensor  # (B, H, W) pixel anomaly scores at model resolution
+
+
+class AnomalyModel(nn.Module):
+    """Contract: `forward(images) -> Output` in every mode; `loss(batch) -> dict` of named losses.
+
+    `images` are (B, 3, S, S) floats in [0, 1] (the shared pre-processing); `batch` is the dataset's dict.
+    Data-dependent state is kept in registered buffers so checkpoints and `.to()` carry it.
+    """
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Loss name -> parameters it updates; the engine steps one optimizer per entry, in order."""
+        return {"loss": [p for p in self.parameters() if p.requires_grad]}
+
+    def prepare(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit data-dependent state from batches of normal training images before training (default: none)."""
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> Output:
+        raise NotImplementedError
