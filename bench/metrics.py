@@ -100,7 +100,11 @@ def main() -> None:
         print(
             f"{n_images} x {size}^2: AU-PRO {aupro:.6f} in {t_aupro:.2f}s | pixel AUROC {auroc:.6f} in {t_auroc:.2f}s"
             f" | sklearn roc_auc_score {sk_auroc:.6f} in {t_sklearn:.2f}s"
-            + (f" | reference AU-PRO {row['reference_aupro']:.6f} in {row['reference_aupro_s']:.1f}s" if "reference_aupro" in row else "")
+            + (
+                f" | reference AU-PRO {row['reference_aupro']:.6f} in {row['reference_aupro_s']:.1f}s"
+                if "reference_aupro" in row
+                else ""
+            )
         )
         assert row["auroc_abs_diff"] < 1e-6, row
         assert row.get("aupro_abs_diff", 0.0) < 1e-6, row

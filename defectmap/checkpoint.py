@@ -26,8 +26,12 @@ def versions() -> dict[str, str]:
 
     from defectmap import __version__
 
-    return {"defectmap": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version()}
+    return {
+        "defectmap": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
 
 
 def atomic_write(path: Path, write) -> None:

@@ -115,8 +115,9 @@ def fit(cfg: Config, out_dir: str | Path, *, progress: bool = True) -> Path:
                 dataset[i]
     model = build_model(cfg).to(device)
     batch_size = min(cfg.train.batch_size, len(train_set))
-    train_loader = _loader(train_set, batch_size, shuffle=True, seed=cfg.train.seed, drop_last=True,
-                           num_workers=data.num_workers)
+    train_loader = _loader(
+        train_set, batch_size, shuffle=True, seed=cfg.train.seed, drop_last=True, num_workers=data.num_workers
+    )
     val_loader = _loader(val_set, cfg.train.eval_batch_size)
     model.prepare(batch["image"].to(device) for batch in _loader(train_set, cfg.train.eval_batch_size))
     optimizers = {
@@ -144,8 +145,9 @@ def fit(cfg: Config, out_dir: str | Path, *, progress: bool = True) -> Path:
         val_loss = _validation_loss(model, val_loader, device)
         if not math.isfinite(val_loss):
             raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
-        history.append({"epoch": epoch + 1, "train_loss": running, "val_loss": val_loss,
-                        "seconds": time.perf_counter() - start})
+        history.append(
+            {"epoch": epoch + 1, "train_loss": running, "val_loss": val_loss, "seconds": time.perf_counter() - start}
+        )
         if progress:
             tqdm.write(f"epoch {epoch + 1}: train loss {running:.5g}  val loss {val_loss:.5g}")
         if val_loss < best_loss:
@@ -159,12 +161,14 @@ def fit(cfg: Config, out_dir: str | Path, *, progress: bool = True) -> Path:
     if best_state is not None:
         model.load_state_dict(best_state)
     val_results = list(infer(model, val_set, cfg.train.eval_batch_size, device))
-    calibration = calibrate([r["score"] for r in val_results], [r["map"] for r in val_results],
-                            cfg.train.false_reject_rate)
+    calibration = calibrate(
+        [r["score"] for r in val_results], [r["map"] for r in val_results], cfg.train.false_reject_rate
+    )
     out = Path(out_dir)
     path = out / "model.ckpt"
-    save_checkpoint(path, model=model, config=config_to_dict(cfg), calibration=calibration,
-                    category=category.name, history=history)
+    save_checkpoint(
+        path, model=model, config=config_to_dict(cfg), calibration=calibration, category=category.name, history=history
+    )
     atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(history, indent=2)))
     return path
 

@@ -2,7 +2,8 @@
 
 Every distinct score is a threshold (ties merged, no binning); counts accumulate in float64.
 Inputs are numpy arrays (one 2-D mask and map per image, sizes may differ; maps are compared as
-float32); the work runs in torch, on the GPU when there is one. AU-PRO follows Bergmann et al. (IJCV 2021), see METHODS.md.
+float32); the work runs in torch, on the GPU when there is one. AU-PRO follows Bergmann et al.
+(IJCV 2021), as METHODS.md defines it.
 """
 
 from __future__ import annotations
@@ -49,10 +50,7 @@ def _sort_descending(scores: torch.Tensor, payload: torch.Tensor) -> tuple[torch
     bits = negated.view(torch.int32)
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)  # signed order == float order
     keys = (ordered << 32) | payload.to(torch.int64)
-    if keys.is_cuda:
-        keys = torch.sort(keys).values
-    else:
-        keys = torch.from_numpy(np.sort(keys.numpy()))
+    keys = torch.sort(keys).values if keys.is_cuda else torch.from_numpy(np.sort(keys.numpy()))
     return keys >> 32, keys & 0xFFFFFFFF
 
 

@@ -59,8 +59,9 @@ def write_predictions(rows: Iterable[dict], names: dict[Path, str], calibration:
         map_name = f"{names[row['path']]}.png"
         map_to_png(row["map"], calibration, maps_dir / map_name)
         decision = "defect" if row["defective"] else "good"
-        writer.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision,
-                         f"maps/{map_name}"])
+        writer.writerow(
+            [str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision, f"maps/{map_name}"]
+        )
         count += 1
     atomic_write(out_dir / "scores.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
     return count
@@ -73,13 +74,17 @@ def write_metrics(report: dict, out_dir: Path) -> Path:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{report['method']} on {report['category']}: {report['test_images']} test images "
-             f"({report['defective_images']} defective)"]
+    lines = [
+        f"{report['method']} on {report['category']}: {report['test_images']} test images "
+        f"({report['defective_images']} defective)"
+    ]
     for name in METRIC_NAMES:
         value = report.get(name)
         label = name + (" (oracle threshold)" if name == "f1_max" else "")
         lines.append(f"  {label:<28} {'n/a' if value is None else f'{value:.4f}'}")
-    lines.append(f"  at the calibrated threshold: {report['good_rejected']} good rejected, "
-                 f"{report['defects_missed']} defects missed")
+    lines.append(
+        f"  at the calibrated threshold: {report['good_rejected']} good rejected, "
+        f"{report['defects_missed']} defects missed"
+    )
     lines += [f"  note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)

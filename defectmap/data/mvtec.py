@@ -73,9 +73,7 @@ def _test_samples(root: Path, defect_dirs: list[Path], gt_root: Path | None) -> 
             if gt_root is not None:
                 mask = _find_mask(gt_root / defect, path.stem)
                 if mask is None:
-                    raise DataError(
-                        f"no mask for {path}: expected {gt_root / defect / (path.stem + '_mask.png')}"
-                    )
+                    raise DataError(f"no mask for {path}: expected {gt_root / defect / (path.stem + '_mask.png')}")
             samples.append(Sample(path, 1, defect, mask))
     return samples
 

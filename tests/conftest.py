@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny MVTec-layout dataset in tmp_path and small model configs for every method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectmap.config import resolve_config
+from defectmap.data.demo import add_defect, fabric
+
+# Per-method overrides that keep tests fast on 2 CPU cores; every MODELS entry needs one.
+TINY_MODEL = {
+    "ae": {"channels": [8, 16], "latent_channels": 4, "smoothing_sigma": 1.0},
+}
+
+
+def tiny_config(method: str, root: Path | str = "", category: str = "tiny", **train):
+    values = {
+        "data": {"root": str(root), "category": category, "image_size": 32, "val_fraction": 0.25},
+        "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4, "device": "cpu", **train},
+        "model": TINY_MODEL[method],
+    }
+    return resolve_config(values, method)
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """`tmp_path/data/tiny`: 8 good training images, 3 good and 4 defective test images of mixed sizes."""
+    rng = np.random.default_rng(0)
+    base = tmp_path / "data" / "tiny"
+    for i in range(8):
+        write_image(base / "train" / "good" / f"{i:02d}.png", fabric(rng, 40))
+    for i in range(3):
+        write_image(base / "test" / "good" / f"{i:02d}.jpg", fabric(rng, 40)[:, :36])
+    for i, kind in enumerate(["hole", "stain", "thread", "hole"]):
+        image, mask = add_defect(fabric(rng, 48), kind, rng)
+        write_image(base / "test" / kind / f"{i:02d}.png", image)
+        write_image(base / "ground_truth" / kind / f"{i:02d}_mask.png", mask.astype(np.float32))
+    return tmp_path / "data"

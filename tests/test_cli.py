@@ -1,0 +1,125 @@
+"""End to end through the command line: train, test, predict, and one-line errors with exit code 2."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectmap import metrics
+from defectmap.cli import main
+
+TINY = [
+    "--set",
+    "data.image_size=32",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "model.channels=[8,16]",
+    "--set",
+    "model.latent_channels=4",
+    "--set",
+    "train.device=cpu",
+]
+
+
+@pytest.fixture
+def trained(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            "ae",
+            "--data",
+            str(tiny_dataset),
+            "--category",
+            "tiny",
+            "--out",
+            str(run),
+            "--quiet",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    return run
+
+
+def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
+    ckpt = trained / "model.ckpt"
+    assert ckpt.is_file() and (trained / "history.json").is_file()
+    assert main(["test", str(ckpt), "--quiet"]) == 0
+    report = json.loads((trained / "metrics.json").read_text())
+    for name in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max"):
+        assert isinstance(report[name], float) and 0.0 <= report[name] <= 1.0, name
+    assert report["test_images"] == 7 and report["defective_images"] == 4
+    assert "image_auroc" in capsys.readouterr().out
+
+    out = tmp_path / "pred"
+    test_dir = tiny_dataset / "tiny" / "test"
+    assert main(["predict", str(ckpt), str(test_dir), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 7
+    for row in rows:
+        image = Image.open(row["path"])
+        assert Image.open(out / row["map"]).size == image.size  # maps at the original resolution
+        assert row["decision"] in ("good", "defect")
+    # One inference path: predict's scores reproduce the image AUROC that `test` reported.
+    labels = [0 if "/good/" in row["path"] else 1 for row in rows]
+    auroc = metrics.image_auroc(np.array(labels), np.array([float(r["score"]) for r in rows]))
+    assert auroc == pytest.approx(report["image_auroc"], abs=1e-12)
+
+
+def test_bad_data_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "missing"), "--category", "x", "--out", str(run), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+    assert not run.exists()
+
+
+def test_unknown_set_key_exit_2(tiny_dataset, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--category",
+            "tiny",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "train.epoks=1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "epochs" in err and err.count("\n") == 1
+
+
+def test_corrupted_and_future_checkpoints_exit_2(trained, tmp_path, capsys):
+    import torch
+
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes((trained / "model.ckpt").read_bytes()[:500])
+    assert main(["test", str(broken)]) == 2
+    assert "corrupted" in capsys.readouterr().err
+    payload = torch.load(trained / "model.ckpt", weights_only=True)
+    payload["format_version"] = 99
+    future = tmp_path / "future.ckpt"
+    torch.save(payload, future)
+    assert main(["predict", str(future), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    assert "newer" in capsys.readouterr().err
+
+
+def test_predict_missing_path_exit_2(trained, tmp_path, capsys):
+    assert main(["predict", str(trained / "model.ckpt"), str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_models_lists_every_method(capsys):
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.startswith("ae ")

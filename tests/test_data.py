@@ -1,0 +1,122 @@
+"""Dataset layouts, image modes, mask pairing and the validation split."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectmap.config import DataConfig
+from defectmap.data.demo import write_demo_dataset
+from defectmap.data.images import load_image, load_mask
+from defectmap.data.mvtec import open_category
+from defectmap.data.transforms import preprocess, resize_map
+from defectmap.errors import DataError
+from tests.conftest import write_image
+
+
+def test_mvtec_layout_pairs_masks_by_name_and_splits_validation(tiny_dataset):
+    data = open_category(DataConfig(root=str(tiny_dataset), category="tiny", val_fraction=0.25, split_seed=3))
+    assert len(data.train) == 6 and len(data.val) == 2
+    assert not {s.path for s in data.train} & {s.path for s in data.val}
+    defective = [s for s in data.test if s.label == 1]
+    assert len(defective) == 4 and len(data.test) == 7
+    for sample in defective:
+        assert sample.mask_path.name == f"{sample.path.stem}_mask.png"
+        assert sample.mask_path.parent.name == sample.defect
+    again = open_category(DataConfig(root=str(tiny_dataset), category="tiny", val_fraction=0.25, split_seed=3))
+    assert [s.path for s in again.val] == [s.path for s in data.val]
+    other = open_category(DataConfig(root=str(tiny_dataset), category="tiny", val_fraction=0.25, split_seed=4))
+    assert [s.path for s in other.val] != [s.path for s in data.val]
+
+
+def test_missing_mask_is_an_error_naming_the_file(tiny_dataset):
+    (tiny_dataset / "tiny" / "ground_truth" / "stain" / "01_mask.png").unlink()
+    with pytest.raises(DataError, match="01.png"):
+        open_category(DataConfig(root=str(tiny_dataset), category="tiny"))
+
+
+def test_without_ground_truth_image_metrics_only(tiny_dataset):
+    import shutil
+
+    shutil.rmtree(tiny_dataset / "tiny" / "ground_truth")
+    data = open_category(DataConfig(root=str(tiny_dataset), category="tiny"))
+    assert not data.has_masks
+    assert any("image-level metrics only" in note for note in data.notes)
+
+
+def test_empty_or_missing_folders_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_category(DataConfig(root=str(tmp_path), category="nothing"))
+    (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images found in .*train/good"):
+        open_category(DataConfig(root=str(tmp_path), category="empty"))
+
+
+def test_folder_format(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_image(tmp_path / "good" / f"{i}.png", rng.random((20, 30, 3)))
+    write_image(tmp_path / "bad" / "x.png", rng.random((20, 30, 3)))
+    write_image(tmp_path / "masks" / "x_mask.png", np.ones((20, 30)))
+    cfg = DataConfig(
+        format="folder",
+        good_dir=str(tmp_path / "good"),
+        defect_dir=str(tmp_path / "bad"),
+        mask_dir=str(tmp_path / "masks"),
+        val_fraction=0.25,
+    )
+    data = open_category(cfg)
+    assert len(data.train) == 3 and len(data.val) == 1 and data.has_masks
+    assert data.test[0].mask_path.name == "x_mask.png"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK", "LA"])
+def test_image_modes_become_rgb_floats(tmp_path, mode):
+    rgb = (np.random.default_rng(0).random((9, 13, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(rgb)
+    image = Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257) if mode == "I;16" else image.convert(mode)
+    path = tmp_path / ("x.tiff" if mode == "CMYK" else "x.png")
+    image.save(path)
+    array = load_image(path)
+    assert array.shape == (9, 13, 3) and array.dtype == np.float32
+    assert array.min() >= 0.0 and array.max() <= 1.0
+    if mode == "I;16":
+        np.testing.assert_allclose(array[:, :, 0], rgb[:, :, 0] / 255.0, atol=1e-6)
+
+
+def test_bad_files_give_data_errors(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    write_image(tmp_path / "ok.png", np.zeros((10, 10)))
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:40])
+    for name in ["empty.png", "text.png", "cut.png", "missing.png"]:
+        with pytest.raises(DataError, match=name):
+            load_image(tmp_path / name)
+    with pytest.raises(DataError, match="pixel limit|over the limit"):
+        load_image(tmp_path / "ok.png", max_pixels=50)
+
+
+def test_mask_size_must_match_and_is_binarised(tmp_path):
+    write_image(tmp_path / "m.png", np.array([[0, 0.4, 0.6, 1.0]]))
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.png", (1, 4)), [[False, False, True, True]])
+    with pytest.raises(DataError, match="mask .* is 4x1 but its image is 5x1"):
+        load_mask(tmp_path / "m.png", (1, 5))
+
+
+def test_preprocess_and_map_resize_round_trip_shapes():
+    image = np.random.default_rng(0).random((30, 50, 3)).astype(np.float32)
+    tensor = preprocess(image, 16)
+    assert tensor.shape == (3, 16, 16) and float(tensor.min()) >= 0 and float(tensor.max()) <= 1
+    constant = resize_map(tensor[0] * 0 + 0.5, (30, 50))
+    assert constant.shape == (30, 50)
+    np.testing.assert_allclose(constant, 0.5, atol=1e-6)
+
+
+def test_demo_dataset_is_deterministic_and_has_masks(tmp_path):
+    a = write_demo_dataset(tmp_path / "a", n_train=3, n_test_good=2, n_per_defect=2, size=48, seed=5)
+    b = write_demo_dataset(tmp_path / "b", n_train=3, n_test_good=2, n_per_defect=2, size=48, seed=5)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert len(files) == 3 + 2 + 3 * 2 * 2
+    for rel in files:
+        assert np.array_equal(np.asarray(Image.open(a / rel)), np.asarray(Image.open(b / rel)))
+    masks = [np.asarray(Image.open(p)) for p in (a / "ground_truth").rglob("*_mask.png")]
+    assert all(m.max() == 255 and set(np.unique(m)) <= {0, 255} for m in masks)
