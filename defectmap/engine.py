@@ -95,7 +95,7 @@ def _validation_loss(model: AnomalyModel, loader: DataLoader, device: torch.devi
     total, count = 0.0, 0
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        total += float(model.loss(batch)["loss"]) * len(batch["image"])
+        total += float(model.validation_loss(batch)) * len(batch["image"])
         count += len(batch["image"])
     return total / max(count, 1)
 
@@ -160,6 +160,8 @@ def fit(cfg: Config, out_dir: str | Path, *, progress: bool = True) -> Path:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.eval()
+    model.calibrate(batch["image"].to(device) for batch in val_loader)
     val_results = list(infer(model, val_set, cfg.train.eval_batch_size, device))
     calibration = calibrate(
         [r["score"] for r in val_results], [r["map"] for r in val_results], cfg.train.false_reject_rate

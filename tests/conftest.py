@@ -14,6 +14,15 @@ from defectmap.data.demo import add_defect, fabric
 # Per-method overrides that keep tests fast on 2 CPU cores; every MODELS entry needs one.
 TINY_MODEL = {
     "ae": {"channels": [8, 16], "latent_channels": 4, "smoothing_sigma": 1.0},
+    "daad": {
+        "channels": [8, 16, 32],
+        "latent_channels": 4,
+        "memory_levels": [0, 1],
+        "block_sizes": [4, 2],
+        "memory_items": [8, 8],
+        "discriminator_channels": [8, 16],
+        "smoothing_sigma": 1.0,
+    },
 }
 
 

@@ -31,5 +31,12 @@ class AnomalyModel(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def validation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The quantity early stopping minimises on normal validation images (default: the loss)."""
+        return self.loss(batch)["loss"]
+
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit score statistics from batches of normal validation images after training (default: none)."""
+
     def forward(self, images: torch.Tensor) -> Output:
         raise NotImplementedError

@@ -1,0 +1,201 @@
+"""DAAD: Divide-and-Assemble (Hou et al., ICCV 2021, arXiv 2107.13118).
+
+A U-Net-like autoencoder whose skip connections pass through block-wise memories: each skip feature
+map is divided into b x b blocks, every block is rebuilt from a memory of normal blocks and the
+blocks are assembled back. The block size (granularity) sets how well anomalies can be rebuilt.
+DAAD+ adds a discriminator: adversarial and latent feature-matching losses, and the distance between
+the discriminator's latent features of an image and of its reconstruction as a second image score.
+The paper's full text was not available; the choices below follow METHODS.md ([ours] entries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from defectmap.models.ae import down_block, reconstruction_error
+from defectmap.models.base import AnomalyModel, Output
+from defectmap.models.memory import BlockMemory, addressing_entropy
+from defectmap.models.smoothing import GaussianBlur
+from defectmap.models.ssim import ssim_map
+
+
+@dataclass
+class DAADConfig:
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # one stride-2 encoder stage each
+    latent_channels: int = 32  # 1x1 bottleneck width of the deepest stage
+    # Skip levels (0 = shallowest, stride 2) that pass through block memories; other levels have no skip,
+    # since a plain skip would carry anomalies straight to the output.
+    memory_levels: tuple[int, ...] = (0, 1, 2)
+    block_sizes: tuple[int, ...] = (8, 4, 2)  # per memory level; the default covers 16x16 input pixels at each
+    memory_items: tuple[int, ...] = (256, 256, 256)  # memory size per memory level
+    temperature: float = 0.1  # of the cosine addressing softmax
+    entropy_weight: float = 2e-4  # MemAE's sparse-addressing term
+    ssim_weight: float = 0.0  # reconstruction loss = MSE + ssim_weight * (1 - SSIM)
+    adversarial: bool = True  # DAAD+ (discriminator, adversarial and feature-matching losses); false = DAAD
+    adversarial_weight: float = 0.01  # non-saturating BCE generator loss
+    feature_matching_weight: float = 1.0  # ||f_D(x) - f_D(x_hat)||^2 on the discriminator's latent features
+    discriminator_channels: tuple[int, ...] = (32, 64, 128, 256)
+    latent_weight: float = 0.5  # share of the normalised latent distance in the image score (DAAD+)
+    smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
+
+
+class DecoderStage(nn.Module):
+    """Upsample x2, concatenate the (memory-read) skip features if any, two 3x3 convolutions."""
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(c_in + c_skip, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(x if skip is None else torch.cat([x, skip], 1))
+
+
+class Discriminator(nn.Module):
+    """DCGAN-style conv net with spectral norm: (patch logits (B, h, w), latent features (B, F))."""
+
+    def __init__(self, channels: tuple[int, ...]):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out in channels:
+            layers += [spectral_norm(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.logits = spectral_norm(nn.Conv2d(c_in, 1, 3, padding=1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(images)
+        return self.logits(features)[:, 0], features.mean((2, 3))
+
+
+class DAAD(AnomalyModel):
+    Config = DAADConfig
+
+    def __init__(self, cfg: DAADConfig):
+        super().__init__()
+        if not len(cfg.memory_levels) == len(cfg.block_sizes) == len(cfg.memory_items):
+            raise ValueError("model.memory_levels, model.block_sizes and model.memory_items need equal lengths")
+        if any(level >= len(cfg.channels) - 1 for level in cfg.memory_levels):
+            raise ValueError(f"model.memory_levels must be below the deepest level {len(cfg.channels) - 1}")
+        self.cfg = cfg
+        widths = (3, *cfg.channels)
+        self.encoder = nn.ModuleList(down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        deepest = cfg.channels[-1]
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(deepest, cfg.latent_channels, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(cfg.latent_channels, deepest, 1),
+            nn.ReLU(inplace=True),
+        )
+        self.memories = nn.ModuleDict(
+            {
+                str(level): BlockMemory(
+                    channels=cfg.channels[level], block=block, items=items, temperature=cfg.temperature
+                )
+                for level, block, items in zip(cfg.memory_levels, cfg.block_sizes, cfg.memory_items, strict=True)
+            }
+        )
+        self.decoder = nn.ModuleList()
+        for level in range(len(cfg.channels) - 2, -1, -1):  # stage producing level `level`'s resolution
+            skip = cfg.channels[level] if level in cfg.memory_levels else 0
+            self.decoder.append(DecoderStage(cfg.channels[level + 1], skip, cfg.channels[level]))
+        self.head = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(cfg.channels[0], 3, 3, padding=1),
+        )
+        self.discriminator = Discriminator(cfg.discriminator_channels) if cfg.adversarial else None
+        self.blur = GaussianBlur(cfg.smoothing_sigma)
+        # Image-score statistics of normal validation images: (map max, latent distance) mean and std.
+        self.register_buffer("score_mean", torch.zeros(2))
+        self.register_buffer("score_std", torch.ones(2))
+
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(reconstruction (B, 3, H, W), addressing weights of every memory level)."""
+        features, x = [], images
+        for stage in self.encoder:
+            x = stage(x)
+            features.append(x)
+        x = self.bottleneck(features[-1])
+        weights = []
+        for stage, level in zip(self.decoder, range(len(features) - 2, -1, -1), strict=True):
+            skip = None
+            if str(level) in self.memories:
+                skip, w = self.memories[str(level)](features[level])
+                weights.append(w)
+            x = stage(x, skip)
+        return torch.sigmoid(self.head(x)), weights
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        generator = [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
+        groups = {"loss": generator}
+        if self.discriminator is not None:
+            groups["discriminator_loss"] = list(self.discriminator.parameters())
+        return groups
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        recon, weights = self.reconstruct(images)
+        losses = {"mse": F.mse_loss(recon, images)}
+        losses["entropy"] = (
+            torch.stack([addressing_entropy(w) for w in weights]).mean() if weights else recon.new_zeros(())
+        )
+        total = losses["mse"] + self.cfg.entropy_weight * losses["entropy"]
+        if self.cfg.ssim_weight > 0:
+            losses["ssim"] = (1 - ssim_map(images, recon)).mean()
+            total = total + self.cfg.ssim_weight * losses["ssim"]
+        if self.discriminator is not None:
+            real_logits, real_latent = self.discriminator(images)
+            fake_logits, fake_latent = self.discriminator(recon)
+            losses["adversarial"] = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+            losses["feature_matching"] = F.mse_loss(fake_latent, real_latent.detach())
+            total = total + self.cfg.adversarial_weight * losses["adversarial"]
+            total = total + self.cfg.feature_matching_weight * losses["feature_matching"]
+            detached_logits, _ = self.discriminator(recon.detach())
+            losses["discriminator_loss"] = F.binary_cross_entropy_with_logits(
+                real_logits, torch.ones_like(real_logits)
+            ) + F.binary_cross_entropy_with_logits(detached_logits, torch.zeros_like(detached_logits))
+        losses["loss"] = total
+        return losses
+
+    def validation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Early stopping follows reconstruction quality; adversarial terms oscillate by design.
+        recon, _ = self.reconstruct(batch["image"])
+        return F.mse_loss(recon, batch["image"])
+
+    def _raw_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon, _ = self.reconstruct(images)
+        maps = self.blur(reconstruction_error(images, recon, "l2"))  # (B, H, W)
+        if self.discriminator is None:
+            return maps, maps.flatten(1).amax(1)[:, None]
+        _, real_latent = self.discriminator(images)
+        _, fake_latent = self.discriminator(recon)
+        latent_distance = (real_latent - fake_latent).pow(2).mean(1)
+        return maps, torch.stack([maps.flatten(1).amax(1), latent_distance], 1)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
+        raw = torch.cat([self._raw_scores(images)[1] for images in batches])  # (N, 1 or 2)
+        self.score_mean[: raw.shape[1]] = raw.mean(0)
+        self.score_std[: raw.shape[1]] = raw.std(0).clamp_min(1e-8) if len(raw) > 1 else 1.0
+
+    def forward(self, images: torch.Tensor) -> Output:
+        maps, raw = self._raw_scores(images)
+        if self.discriminator is None:
+            return Output(raw[:, 0], maps)
+        # Fuse the two scores after standardising each on normal validation images.
+        z = (raw - self.score_mean) / self.score_std
+        score = (1 - self.cfg.latent_weight) * z[:, 0] + self.cfg.latent_weight * z[:, 1]
+        return Output(score, maps)
