@@ -19,8 +19,11 @@ from defectmap.models import MODELS
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    cfg = build_config(args.model, args.config, args.set, root=args.data, category=args.category)
-    checkpoint = engine.fit(cfg, args.out, progress=not args.quiet)
+    if args.resume:  # the run's own config, saved in last.ckpt, is used as it was
+        checkpoint = engine.fit(None, args.out, progress=not args.quiet, resume=True)
+    else:
+        cfg = build_config(args.model, args.config, args.set, root=args.data, category=args.category)
+        checkpoint = engine.fit(cfg, args.out, progress=not args.quiet)
     print(f"saved {checkpoint}")
 
 
@@ -40,8 +43,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     detector = engine.load(args.checkpoint, device=args.device)
     rows = engine.predict(detector, [sample for sample, _ in found], progress=not args.quiet)
     names = {sample.path: name for sample, name in found}
-    count = outputs.write_predictions(rows, names, detector.calibration, Path(args.out))
+    count, skipped = outputs.write_predictions(rows, names, detector.calibration, Path(args.out))
     print(f"scored {count} images: {Path(args.out) / 'scores.csv'}")
+    if skipped:
+        print(f"skipped {skipped} unreadable images: {Path(args.out) / 'errors.csv'}", file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -83,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=list(MODELS), default=None, help="method (default: the preset's, else ae)")
     p.add_argument("--data", help="dataset root (MVTec AD layout: ROOT/CATEGORY/train/good ...)")
     p.add_argument("--category", help="category folder under --data")
-    p.add_argument("--out", required=True, help="run folder for model.ckpt and history.json")
+    p.add_argument("--out", required=True, help="run folder for model.ckpt, last.ckpt and history.json")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from last.ckpt")
     p.add_argument("--config", help="YAML preset with data:, train:, model: sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
     common(p)
@@ -132,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("defectmap: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # e.g. a map PNG on a full disk; atomic writes already report their own
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"defectmap: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -44,6 +44,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget for training; 0 means none
     eval_batch_size: int = 16
     false_reject_rate: float = 0.01  # share of held-out good images above the threshold
+    checkpoint_every: int = 200  # steps between training-state saves to last.ckpt (also saved every epoch)
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns, slower on GPU
 
 
 @dataclass

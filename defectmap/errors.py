@@ -15,3 +15,7 @@ class DataError(DefectmapError):
 
 class CheckpointError(DefectmapError):
     """A checkpoint is missing, corrupted or from an unknown format version."""
+
+
+class OutputError(DefectmapError):
+    """An output file cannot be written (full disk, read-only location)."""

@@ -47,15 +47,22 @@ def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
     Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def write_predictions(rows: Iterable[dict], names: dict[Path, str], calibration: dict, out_dir: Path) -> int:
-    """Write one map PNG per image and `scores.csv` (atomically, at the end); returns the image count."""
+def write_predictions(
+    rows: Iterable[dict], names: dict[Path, str], calibration: dict, out_dir: Path
+) -> tuple[int, int]:
+    """Write one map PNG per image, `scores.csv` and `errors.csv` (unreadable images); (scored, skipped)."""
     maps_dir = out_dir / "maps"
     maps_dir.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    buffer, error_buffer = io.StringIO(), io.StringIO()
+    writer, error_writer = csv.writer(buffer), csv.writer(error_buffer)
     writer.writerow(["path", "score", "normalised_score", "decision", "map"])
-    count = 0
+    error_writer.writerow(["path", "error"])
+    count = skipped = 0
     for row in rows:
+        if "error" in row:
+            error_writer.writerow([str(row["path"]), row["error"]])
+            skipped += 1
+            continue
         map_name = f"{names[row['path']]}.png"
         map_to_png(row["map"], calibration, maps_dir / map_name)
         decision = "defect" if row["defective"] else "good"
@@ -64,7 +71,8 @@ def write_predictions(rows: Iterable[dict], names: dict[Path, str], calibration:
         )
         count += 1
     atomic_write(out_dir / "scores.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
-    return count
+    atomic_write(out_dir / "errors.csv", lambda tmp: tmp.write_text(error_buffer.getvalue()))
+    return count, skipped
 
 
 def write_metrics(report: dict, out_dir: Path) -> Path:

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from defectmap.data.images import load_image, load_mask
 from defectmap.data.mvtec import Sample
 from defectmap.data.transforms import preprocess, resize_mask
+from defectmap.errors import DataError
 
 
 class ImageDataset(Dataset):
-    """Items are dicts: image (3, S, S), mask (S, S), label, index, and size (H, W) of the original."""
+    """Items are dicts: image (3, S, S), mask (S, S), label, index, and size (H, W) of the original.
 
-    def __init__(self, samples: list[Sample], image_size: int, *, cache: bool = False, max_pixels: int = 100_000_000):
+    With `skip_errors`, an unreadable image becomes {"index", "error"} instead of raising, and
+    `collate` separates such items from the batch (batch prediction reports and skips them).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        image_size: int,
+        *,
+        cache: bool = False,
+        max_pixels: int = 100_000_000,
+        skip_errors: bool = False,
+    ):
         self.samples = samples
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.skip_errors = skip_errors
         self._cache: dict[int, dict] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -39,8 +53,20 @@ class ImageDataset(Dataset):
         }
 
     def __getitem__(self, index: int) -> dict:
-        if self._cache is None:
-            return self._load(index)
-        if index not in self._cache:
-            self._cache[index] = self._load(index)
-        return self._cache[index]
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        try:
+            item = self._load(index)
+        except DataError as exc:
+            if not self.skip_errors:
+                raise
+            return {"index": index, "error": str(exc)}
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
+
+
+def collate(items: list[dict]) -> tuple[dict | None, list[dict]]:
+    """(batch of readable items or None, list of {"index", "error"} for unreadable ones)."""
+    good = [item for item in items if "error" not in item]
+    return (default_collate(good) if good else None), [item for item in items if "error" in item]

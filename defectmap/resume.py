@@ -1,0 +1,102 @@
+"""Interrupted training: the training state in `last.ckpt`, epoch orders that can be replayed, stop signals.
+
+A resumed run replays the same per-epoch image order from the same position with the same RNG, so it
+ends with the weights an uninterrupted run reaches (bit-identical in `train.deterministic` mode).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from defectmap.checkpoint import atomic_write, load_checkpoint
+from defectmap.config import Config, config_to_dict
+
+STATE_FORMAT = "defectmap-training-state"
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # batches done in the current epoch
+    global_step: int = 0
+    best_loss: float = math.inf
+    stale: int = 0  # epochs since the validation loss last improved
+    running: float = 0.0  # smoothed training loss shown in the progress bar
+    seconds: float = 0.0  # training time so far, across resumptions
+    history: list[dict] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled image order of one epoch, a pure function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def save_training_state(path: Path, cfg: Config, model: torch.nn.Module, optimizers: dict, state: TrainState) -> None:
+    scalars = {k: v for k, v in asdict(state).items() if k != "best_state"}
+    payload = {
+        "format": STATE_FORMAT,
+        "format_version": 1,
+        "config": config_to_dict(cfg),
+        "model": model.state_dict(),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "state": scalars,
+        "best_state": state.best_state,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+        },
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    from defectmap.errors import CheckpointError
+
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist (train without --resume first)")
+    return load_checkpoint(path, expected_format=STATE_FORMAT)
+
+
+def restore_training_state(saved: dict, model: torch.nn.Module, optimizers: dict) -> TrainState:
+    model.load_state_dict(saved["model"])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(saved["optimizers"][name])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    random.setstate(saved["rng"]["python"])
+    return TrainState(**saved["state"], best_state=saved["best_state"])
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM set `received` so the loop can save and stop at a step boundary."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
