@@ -100,3 +100,16 @@ def test_nan_loss_stops_with_the_step(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(Autoencoder, "loss", nan_loss)
     with pytest.raises(DefectmapError, match="became nan at step 1"):
         engine.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
+
+
+def test_constant_validation_scores_warn(tiny_dataset, tmp_path, monkeypatch):
+    from defectmap.models.ae import Autoencoder
+    from defectmap.models.base import Output
+
+    def constant(self, images):
+        maps = self.reconstruct(images).mean(1) * 0
+        return Output(maps.flatten(1).amax(1), maps)
+
+    monkeypatch.setattr(Autoencoder, "forward", constant)
+    with pytest.warns(UserWarning, match="same score"):
+        engine.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)

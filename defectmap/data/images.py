@@ -27,6 +27,8 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("error", message="Truncated File Read")  # PIL's TIFF reader only warns
+            warnings.filterwarnings("ignore", message="Corrupt EXIF data")
             image = Image.open(path)
             if image.width * image.height > max_pixels:
                 raise DataError(
@@ -38,7 +40,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise DataError(f"image {path} exceeds the pixel limit {max_pixels}; raise data.max_pixels") from exc
     except UnidentifiedImageError as exc:
         raise DataError(f"{path} is not a readable image (expected PNG, JPG, BMP or TIFF)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, UserWarning) as exc:
         raise DataError(f"image {path} is damaged or truncated: {exc}") from exc
     finally:
         Image.MAX_IMAGE_PIXELS = previous
