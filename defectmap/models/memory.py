@@ -50,15 +50,16 @@ def divide_blocks(features: torch.Tensor, block: int) -> torch.Tensor:
     b, c, h, w = features.shape
     if h % block or w % block:
         raise ValueError(f"feature map {h}x{w} is not divisible by block size {block}")
-    patches = F.unfold(features, kernel_size=block, stride=block)  # (B, C*b*b, L)
-    return patches.transpose(1, 2).reshape(-1, c * block * block)
+    # Non-overlapping blocks as a reshape (the same layout as unfold(kernel=b, stride=b), but exportable).
+    blocks = features.reshape(b, c, h // block, block, w // block, block).permute(0, 2, 4, 1, 3, 5)
+    return blocks.reshape(-1, c * block * block)
 
 
 def assemble_blocks(rows: torch.Tensor, shape: torch.Size, block: int) -> torch.Tensor:
     """Inverse of `divide_blocks`: (B * L, C * block * block) -> (B, C, H, W)."""
     b, c, h, w = shape
-    patches = rows.reshape(b, -1, c * block * block).transpose(1, 2)
-    return F.fold(patches, output_size=(h, w), kernel_size=block, stride=block)
+    blocks = rows.reshape(b, h // block, w // block, c, block, block).permute(0, 3, 1, 4, 2, 5)
+    return blocks.reshape(b, c, h, w)
 
 
 class BlockMemory(nn.Module):
