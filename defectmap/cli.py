@@ -15,6 +15,7 @@ from defectmap.config import build_config, resolve_config
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DefectmapError
+from defectmap.export import FORMATS, export
 from defectmap.models import MODELS
 
 
@@ -41,12 +42,17 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     found = outputs.collect_images(args.paths)
     detector = engine.load(args.checkpoint, device=args.device)
-    rows = engine.predict(detector, [sample for sample, _ in found], progress=not args.quiet)
-    names = {sample.path: name for sample, name in found}
-    count, skipped = outputs.write_predictions(rows, names, detector.calibration, Path(args.out))
-    print(f"scored {count} images: {Path(args.out) / 'scores.csv'}")
+    out = Path(args.out)
+    count, skipped = outputs.predict_to_folder(detector, found, out, resume=args.resume, progress=not args.quiet)
+    print(f"scored {count} images: {out / 'scores.csv'}")
     if skipped:
-        print(f"skipped {skipped} unreadable images: {Path(args.out) / 'errors.csv'}", file=sys.stderr)
+        print(f"skipped {skipped} unreadable images: {out / 'errors.csv'}", file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    detector = engine.load(args.checkpoint, device="cpu")
+    path = export(detector, args.out, args.format)
+    print(f"exported {args.format} model: {path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -105,12 +111,19 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_test)
 
     p = sub.add_parser("predict", help="score images; writes scores.csv and one anomaly-map PNG per image")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="skip images already in OUT/scores.csv or errors.csv")
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint as ONNX or TorchScript (config and threshold inside)")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx or model.ts")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("demo", help="generate the built-in fabric data, train the AE baseline, print metrics")
     p.add_argument("--out", default="defectmap-demo")

@@ -41,7 +41,7 @@ from defectmap.threshold import calibrate, normalise
 class Detector:
     """A trained model with its resolved config and calibration: all that test and predict need."""
 
-    model: AnomalyModel
+    model: AnomalyModel  # or an exported-graph runner with the same call contract (see export.py)
     config: Config
     calibration: dict
     device: torch.device
@@ -67,12 +67,17 @@ def build_model(cfg: Config) -> AnomalyModel:
 
 
 def load(path: str | Path, device: str = "auto") -> Detector:
-    """Rebuild a Detector from a checkpoint file alone."""
+    """Rebuild a Detector from a checkpoint file alone, or from an exported `.onnx` / `.ts` model."""
+    path = Path(path)
+    dev = resolve_device(device)
+    if path.suffix in (".onnx", ".ts"):
+        from defectmap.export import load_exported
+
+        return load_exported(path, dev)
     payload = load_checkpoint(path)
     cfg = resolve_config(payload["config"])
     model = build_model(cfg)
     model.load_state_dict(payload["state_dict"])
-    dev = resolve_device(device)
     model.to(dev).eval()
     info = {k: payload[k] for k in ("versions", "category", "history") if k in payload}
     return Detector(model, cfg, payload["calibration"], dev, info)

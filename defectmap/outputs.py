@@ -47,32 +47,65 @@ def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
     Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def write_predictions(
-    rows: Iterable[dict], names: dict[Path, str], calibration: dict, out_dir: Path
+SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map"]
+ERROR_HEADER = ["path", "error"]
+
+
+def _open_log(path: Path, header: list[str], resume: bool) -> tuple[io.TextIOWrapper, set[str]]:
+    """Open a CSV for appending; on resume keep its complete rows (a torn last line is cut off)."""
+    done: set[str] = set()
+    if resume and path.is_file():
+        text = path.read_text()
+        complete = text[: text.rfind("\n") + 1]  # a kill mid-write leaves a line without its newline
+        rows = list(csv.reader(io.StringIO(complete)))
+        if rows and rows[0] == header:
+            done = {row[0] for row in rows[1:]}
+            path.write_text(complete)
+            return path.open("a", newline=""), done
+    handle = path.open("w", newline="")
+    csv.writer(handle).writerow(header)
+    return handle, done
+
+
+def predict_to_folder(
+    detector, found: list[tuple[Sample, str]], out_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> tuple[int, int]:
-    """Write one map PNG per image, `scores.csv` and `errors.csv` (unreadable images); (scored, skipped)."""
+    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv` and `maps/`.
+
+    With `resume`, images already in either CSV are not written again. Batches keep their boundaries
+    (the batch holding the first unfinished image is recomputed), so a resumed run writes exactly
+    the rows an uninterrupted one would. Returns (scored, skipped as unreadable) in this call.
+    """
+    from defectmap import engine
+
     maps_dir = out_dir / "maps"
     maps_dir.mkdir(parents=True, exist_ok=True)
-    buffer, error_buffer = io.StringIO(), io.StringIO()
-    writer, error_writer = csv.writer(buffer), csv.writer(error_buffer)
-    writer.writerow(["path", "score", "normalised_score", "decision", "map"])
-    error_writer.writerow(["path", "error"])
-    count = skipped = 0
-    for row in rows:
-        if "error" in row:
-            error_writer.writerow([str(row["path"]), row["error"]])
-            skipped += 1
-            continue
-        map_name = f"{names[row['path']]}.png"
-        map_to_png(row["map"], calibration, maps_dir / map_name)
-        decision = "defect" if row["defective"] else "good"
-        writer.writerow(
-            [str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision, f"maps/{map_name}"]
-        )
-        count += 1
-    atomic_write(out_dir / "scores.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
-    atomic_write(out_dir / "errors.csv", lambda tmp: tmp.write_text(error_buffer.getvalue()))
-    return count, skipped
+    scores_file, done = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
+    errors_file, failed = _open_log(out_dir / "errors.csv", ERROR_HEADER, resume)
+    done |= failed
+    names = {sample.path: name for sample, name in found}
+    first = next((i for i, (sample, _) in enumerate(found) if str(sample.path) not in done), len(found))
+    batch = detector.config.train.eval_batch_size
+    samples = [sample for sample, _ in found][first - first % batch :]
+    scored = skipped = 0
+    with scores_file, errors_file:
+        scores, errors = csv.writer(scores_file), csv.writer(errors_file)
+        for row in engine.predict(detector, samples, progress=progress):
+            if str(row["path"]) in done:
+                continue
+            if "error" in row:
+                errors.writerow([str(row["path"]), row["error"]])
+                errors_file.flush()
+                skipped += 1
+                continue
+            map_name = f"{names[row['path']]}.png"
+            map_to_png(row["map"], detector.calibration, maps_dir / map_name)
+            decision = "defect" if row["defective"] else "good"
+            scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision,
+                             f"maps/{map_name}"])  # fmt: skip
+            scores_file.flush()
+            scored += 1
+    return scored, skipped
 
 
 def write_metrics(report: dict, out_dir: Path) -> Path:

@@ -123,3 +123,32 @@ def test_predict_missing_path_exit_2(trained, tmp_path, capsys):
 def test_models_lists_every_method(capsys):
     assert main(["models"]) == 0
     assert capsys.readouterr().out.startswith("ae ")
+
+
+def test_interrupted_batch_prediction_resumes_to_the_same_csv(trained, tiny_dataset, tmp_path, monkeypatch):
+    from defectmap import engine
+
+    folder = tiny_dataset / "tiny"
+    ckpt = str(trained / "model.ckpt")
+    whole = tmp_path / "whole"
+    assert main(["predict", ckpt, str(folder), "--out", str(whole), "--quiet"]) == 0
+    expected = (whole / "scores.csv").read_text()
+    assert expected.count("\n") == 1 + 8 + 7 + 4  # header, train/good, test images, ground-truth masks
+
+    real_predict = engine.predict
+
+    def interrupted(*args, **kwargs):
+        for i, row in enumerate(real_predict(*args, **kwargs)):
+            if i == 6:
+                raise KeyboardInterrupt
+            yield row
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(engine, "predict", interrupted)
+    assert main(["predict", ckpt, str(folder), "--out", str(part), "--quiet"]) == 130
+    monkeypatch.setattr(engine, "predict", real_predict)
+    with (part / "scores.csv").open("a") as handle:  # a kill in the middle of writing a row
+        handle.write(str(folder / "test" / "good" / "00.jpg") + ",0.12")
+    assert main(["predict", ckpt, str(folder), "--out", str(part), "--quiet", "--resume"]) == 0
+    assert (part / "scores.csv").read_text() == expected
+    assert sorted(p.name for p in (part / "maps").iterdir()) == sorted(p.name for p in (whole / "maps").iterdir())

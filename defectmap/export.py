@@ -1,0 +1,150 @@
+"""ONNX and TorchScript export, and runners that turn an exported file back into a `Detector`.
+
+The exported graph is the model itself: (B, 3, S, S) images in [0, 1] -> (scores (B,), maps (B, S, S)).
+Pre-processing (resize) and post-processing (map resize to the original size, normalisation,
+threshold) stay the shared functions of `data.transforms` and `threshold`, used by `evaluate`,
+`predict` and the service alike, so an exported model and its checkpoint cannot drift apart.
+The resolved config and calibration travel inside the file (ONNX metadata, TorchScript extra file).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from defectmap.checkpoint import atomic_write, versions
+from defectmap.config import config_to_dict, resolve_config
+from defectmap.errors import CheckpointError, DefectmapError
+from defectmap.models.base import Output
+
+METADATA_KEY = "defectmap"
+FORMATS = ("onnx", "torchscript")
+
+
+class ExportGraph(nn.Module):
+    """The model with a tuple output, frozen for inference (eval mode, parametrizations baked in)."""
+
+    def __init__(self, detector):
+        super().__init__()
+        from defectmap.engine import build_model
+
+        # A fresh instance, not a deepcopy: tracing may touch module state, and removing a
+        # parametrization edits its module's class, which a deepcopy would share with the original.
+        self.model = build_model(detector.config)
+        self.model.load_state_dict(detector.model.state_dict())
+        self.model.eval()
+        for module in self.model.modules():
+            for name in list(getattr(module, "parametrizations", {}).keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out.score, out.anomaly_map
+
+
+def _metadata(detector) -> str:
+    return json.dumps(
+        {"config": config_to_dict(detector.config), "calibration": detector.calibration, "versions": versions()}
+    )
+
+
+def export(detector, path: str | Path, fmt: str = "onnx") -> Path:
+    """Write `detector` as ONNX (opset 18, dynamic batch) or TorchScript; returns the path."""
+    if fmt not in FORMATS:
+        raise DefectmapError(f"unknown export format '{fmt}'; choose {' or '.join(FORMATS)}")
+    path = Path(path)
+    graph = ExportGraph(detector)
+    size = detector.config.data.image_size
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    metadata = _metadata(detector)
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes about shapes fixed at export time
+            traced = torch.jit.trace(graph, example, check_trace=False)
+        atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: metadata}))
+        return path
+    try:
+        import onnx
+    except ImportError as exc:
+        raise DefectmapError('ONNX export needs the deploy extra: pip install -e ".[deploy]"') from exc
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (example,), str(tmp), input_names=["images"], output_names=["scores", "maps"],
+                              dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}},
+                              opset_version=18, dynamo=False)  # fmt: skip
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, metadata
+        onnx.save(proto, str(tmp))
+
+    atomic_write(path, write)
+    return path
+
+
+class OnnxModel:
+    """Runs an exported ONNX graph with onnxruntime behind the model contract: images -> Output."""
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise DefectmapError('running ONNX models needs the deploy extra: pip install -e ".[deploy]"') from exc
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise CheckpointError(f"{path} is not a readable ONNX model") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise CheckpointError(f"{path} was not exported by defectmap (no '{METADATA_KEY}' metadata)")
+        self.metadata = json.loads(meta[METADATA_KEY])
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def __call__(self, images: torch.Tensor) -> Output:
+        scores, maps = self.session.run(None, {"images": images.detach().cpu().float().numpy()})
+        return Output(torch.from_numpy(scores), torch.from_numpy(maps))
+
+
+class TorchScriptModel:
+    """Runs an exported TorchScript graph behind the model contract: images -> Output."""
+
+    def __init__(self, path: Path, device: torch.device):
+        files = {METADATA_KEY: ""}
+        try:
+            self.module = torch.jit.load(str(path), map_location=device, _extra_files=files)
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a readable TorchScript model") from exc
+        if not files[METADATA_KEY]:
+            raise CheckpointError(f"{path} was not exported by defectmap (no '{METADATA_KEY}' metadata)")
+        self.metadata = json.loads(files[METADATA_KEY])
+        self.module.eval()
+
+    def eval(self) -> TorchScriptModel:
+        return self
+
+    def __call__(self, images: torch.Tensor) -> Output:
+        with torch.no_grad():
+            scores, maps = self.module(images)
+        return Output(scores, maps)
+
+
+def load_exported(path: Path, device: torch.device):
+    """A Detector around an exported file (`.onnx` runs on onnxruntime's CPU provider)."""
+    from defectmap.engine import Detector
+
+    if not path.is_file():
+        raise CheckpointError(f"exported model {path} does not exist")
+    if path.suffix == ".onnx":
+        model, device = OnnxModel(path), torch.device("cpu")
+    else:
+        model = TorchScriptModel(path, device)
+    cfg = resolve_config(model.metadata["config"])
+    return Detector(model, cfg, model.metadata["calibration"], device, {"versions": model.metadata["versions"]})

@@ -1,0 +1,58 @@
+"""Export parity for every model: torch vs onnxruntime (and TorchScript) maps within 1e-4, same decisions."""
+
+import numpy as np
+import pytest
+import torch
+
+from defectmap import engine
+from defectmap.data.mvtec import open_category
+from defectmap.errors import CheckpointError
+from defectmap.export import export
+from defectmap.models import MODELS
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory):
+    """One briefly trained checkpoint per model on the tiny demo-fabric dataset."""
+    from tests.conftest import write_image  # noqa: F401  (fixture module import)
+
+    root = tmp_path_factory.mktemp("export")
+    from defectmap.data.demo import write_demo_dataset
+
+    write_demo_dataset(root / "data", category="tiny", size=48, n_train=8, n_test_good=4, n_per_defect=2)
+    checkpoints = {}
+    for method in MODELS:
+        torch.manual_seed(0)
+        cfg = tiny_config(method, root / "data", epochs=2)
+        checkpoints[method] = engine.fit(cfg, root / method, progress=False)
+    return root, checkpoints
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".ts")])
+@pytest.mark.parametrize("method", list(MODELS))
+def test_exported_model_matches_checkpoint(method, fmt, suffix, trained_models):
+    root, checkpoints = trained_models
+    reference = engine.load(checkpoints[method], device="cpu")
+    path = export(reference, root / f"{method}{suffix}", fmt)
+    exported = engine.load(path, device="cpu")
+    assert exported.calibration == reference.calibration
+    assert exported.config == reference.config
+    samples = open_category(reference.config.data).test
+    torch_rows = list(engine.predict(reference, samples, progress=False))
+    export_rows = list(engine.predict(exported, samples, progress=False))
+    assert len(torch_rows) == len(export_rows) == len(samples)
+    for a, b in zip(torch_rows, export_rows, strict=True):
+        assert a["path"] == b["path"] and a["map"].shape == b["map"].shape
+        np.testing.assert_allclose(a["map"], b["map"], atol=1e-4, rtol=0)
+        assert abs(a["score"] - b["score"]) < 1e-4
+        assert a["defective"] == b["defective"]
+    # exporting leaves the original model untouched
+    assert torch.equal(engine.load(checkpoints[method], device="cpu").model(torch.ones(1, 3, 32, 32)).anomaly_map,
+                       reference.model(torch.ones(1, 3, 32, 32)).anomaly_map)  # fmt: skip
+
+
+def test_not_a_defectmap_export_is_a_clear_error(tmp_path):
+    (tmp_path / "x.onnx").write_bytes(b"nonsense")
+    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+        engine.load(tmp_path / "x.onnx")
