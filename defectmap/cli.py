@@ -55,6 +55,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {args.format} model: {path}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from defectmap.serve import ServiceLimits, serve
+
+    detector = engine.load(args.checkpoint, device=args.device)
+    limits = ServiceLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout)
+    serve(detector, args.host, args.port, limits)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out)
     root = write_demo_dataset(out / "data", seed=args.seed).parent
@@ -124,6 +132,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx or model.ts")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model")
+    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest accepted request body")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted decoded image")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for one inference")
+    p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("demo", help="generate the built-in fabric data, train the AE baseline, print metrics")
     p.add_argument("--out", default="defectmap-demo")

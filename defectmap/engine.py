@@ -84,6 +84,13 @@ def load(path: str | Path, device: str = "auto") -> Detector:
 
 
 @torch.no_grad()
+def score_batch(model: AnomalyModel, images: torch.Tensor, sizes: list[tuple[int, int]], device) -> list[dict]:
+    """Scores and maps resized to each image's original (H, W) for a preprocessed (B, 3, S, S) batch."""
+    out = model(images.to(device))
+    return [{"score": float(out.score[i]), "map": resize_map(out.anomaly_map[i], size)} for i, size in enumerate(sizes)]
+
+
+@torch.no_grad()
 def infer(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device: torch.device) -> Iterator[dict]:
     """Scores and original-size maps for every item of `dataset`, in order (the shared inference path).
 
@@ -94,14 +101,19 @@ def infer(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device: t
         yield from errors
         if batch is None:
             continue
-        out = model(batch["image"].to(device))
-        for i in range(len(out.score)):
-            size = tuple(int(s) for s in batch["size"][i])
-            yield {
-                "index": int(batch["index"][i]),
-                "score": float(out.score[i]),
-                "map": resize_map(out.anomaly_map[i], size),
-            }
+        sizes = [(int(h), int(w)) for h, w in batch["size"]]
+        for index, result in zip(
+            batch["index"].tolist(), score_batch(model, batch["image"], sizes, device), strict=True
+        ):
+            yield {"index": index, **result}
+
+
+def decide(calibration: dict, score: float) -> dict:
+    """Normalised score (validation median -> 0, threshold -> 0.5) and the pass/fail decision."""
+    return {
+        "normalised_score": float(normalise(score, calibration["score_median"], calibration["threshold"])),
+        "defective": score > calibration["threshold"],
+    }
 
 
 @torch.no_grad()
@@ -294,10 +306,4 @@ def predict(detector: Detector, samples: list[Sample], *, progress: bool = True)
         if "error" in result:
             yield {"path": path, "error": result["error"]}
             continue
-        yield {
-            "path": path,
-            "score": result["score"],
-            "normalised_score": float(normalise(result["score"], cal["score_median"], cal["threshold"])),
-            "defective": result["score"] > cal["threshold"],
-            "map": result["map"],
-        }
+        yield {"path": path, "score": result["score"], "map": result["map"], **decide(cal, result["score"])}

@@ -41,10 +41,10 @@ def collect_images(paths: Iterable[str | Path]) -> list[tuple[Sample, str]]:
     return unique
 
 
-def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
+def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path | io.BytesIO) -> None:
     """8-bit grey map: the normal median is black, the calibrated pixel threshold mid-grey."""
     values = normalise(anomaly_map, calibration["map_median"], calibration["map_threshold"])
-    Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path)
+    Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path, format="PNG")
 
 
 SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map"]

@@ -15,10 +15,9 @@ from tests.conftest import tiny_config
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory):
     """One briefly trained checkpoint per model on the tiny demo-fabric dataset."""
-    from tests.conftest import write_image  # noqa: F401  (fixture module import)
+    from defectmap.data.demo import write_demo_dataset
 
     root = tmp_path_factory.mktemp("export")
-    from defectmap.data.demo import write_demo_dataset
 
     write_demo_dataset(root / "data", category="tiny", size=48, n_train=8, n_test_good=4, n_per_defect=2)
     checkpoints = {}
@@ -56,3 +55,20 @@ def test_not_a_defectmap_export_is_a_clear_error(tmp_path):
     (tmp_path / "x.onnx").write_bytes(b"nonsense")
     with pytest.raises(CheckpointError, match="not a readable ONNX model"):
         engine.load(tmp_path / "x.onnx")
+
+
+def test_export_and_predict_from_the_command_line(trained_models, tmp_path):
+    import csv
+
+    from defectmap.cli import main
+
+    root, checkpoints = trained_models
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoints["ae"]), "--format", "onnx", "--out", str(onnx_path)]) == 0
+    test_dir = root / "data" / "tiny" / "test"
+    for name, model in [("ckpt", checkpoints["ae"]), ("onnx", onnx_path)]:
+        assert main(["predict", str(model), str(test_dir), "--out", str(tmp_path / name), "--quiet"]) == 0
+    rows = {name: list(csv.DictReader((tmp_path / name / "scores.csv").open())) for name in ("ckpt", "onnx")}
+    assert [r["decision"] for r in rows["ckpt"]] == [r["decision"] for r in rows["onnx"]]
+    for a, b in zip(rows["ckpt"], rows["onnx"], strict=True):
+        assert abs(float(a["score"]) - float(b["score"])) < 1e-4

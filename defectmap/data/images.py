@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from defectmap.errors import DataError
 
+
+class ImageTooLarge(DataError):
+    """The image has more pixels than the configured limit (data.max_pixels)."""
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -17,11 +23,17 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    if not path.is_file():
-        raise DataError(f"image {path} does not exist")
-    if path.stat().st_size == 0:
-        raise DataError(f"image {path} is an empty file")
+def _open(path: Path | io.BytesIO, max_pixels: int, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image file or in-memory bytes (`name` labels the bytes in errors)."""
+    if isinstance(path, Path):
+        if not path.is_file():
+            raise DataError(f"image {path} does not exist")
+        if path.stat().st_size == 0:
+            raise DataError(f"image {path} is an empty file")
+    else:
+        if not path.getbuffer().nbytes:
+            raise DataError(f"image {name} is empty")
+        path.name = name  # so error messages below name it
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
@@ -31,13 +43,13 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             warnings.filterwarnings("ignore", message="Corrupt EXIF data")
             image = Image.open(path)
             if image.width * image.height > max_pixels:
-                raise DataError(
+                raise ImageTooLarge(
                     f"image {path} has {image.width}x{image.height} pixels, over the limit of {max_pixels}; "
                     "raise data.max_pixels if it is genuine"
                 )
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"image {path} exceeds the pixel limit {max_pixels}; raise data.max_pixels") from exc
+        raise ImageTooLarge(f"image {path} exceeds the pixel limit {max_pixels}; raise data.max_pixels") from exc
     except UnidentifiedImageError as exc:
         raise DataError(f"{path} is not a readable image (expected PNG, JPG, BMP or TIFF)") from exc
     except (OSError, SyntaxError, ValueError, UserWarning) as exc:
@@ -53,7 +65,15 @@ def load_image(path: str | Path, max_pixels: int = 100_000_000) -> np.ndarray:
     Grayscale is repeated to three channels; alpha is dropped (composited on black); palette and
     CMYK images are converted; 16-bit and 32-bit integer images are scaled by their full range.
     """
-    image = _open(Path(path), max_pixels)
+    return to_rgb_array(_open(Path(path), max_pixels))
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = 100_000_000) -> np.ndarray:
+    """Like `load_image`, for the bytes of an image file (the service's uploads)."""
+    return to_rgb_array(_open(io.BytesIO(data), max_pixels, name))
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         values = np.asarray(image, dtype=np.float32)
         peak = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(values.max())

@@ -1,0 +1,124 @@
+"""HTTP inference service (FastAPI + uvicorn, extra `[serve]`): POST /predict, GET /health, GET /model.
+
+An upload goes through the same pre-processing, model and post-processing as `predict`. Bad input
+is a 4xx with a message that says what to send; requests are limited in bytes, pixels and time.
+(No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.)
+"""
+
+import asyncio
+import base64
+import io
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from defectmap.data.images import ImageTooLarge, decode_image
+from defectmap.data.transforms import preprocess
+from defectmap.engine import Detector, decide, score_batch
+from defectmap.errors import DataError, DefectmapError
+from defectmap.outputs import map_to_png
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/x-ms-bmp", "application/octet-stream")
+
+
+@dataclass
+class ServiceLimits:
+    max_bytes: int = 20 * 1024 * 1024  # request body
+    max_pixels: int = 40_000_000  # decoded image
+    timeout_s: float = 30.0  # one inference, queueing included
+
+
+def create_app(detector: Detector, limits: ServiceLimits | None = None):
+    try:
+        from fastapi import FastAPI, HTTPException, Request
+        from fastapi.responses import JSONResponse
+    except ImportError as exc:
+        raise DefectmapError('the service needs the serve extra: pip install -e ".[serve]"') from exc
+
+    limits = limits or ServiceLimits()
+    app = FastAPI(title="defectmap", version="1")
+    model_lock = threading.Lock()  # one inference at a time: bounded memory, no oversubscribed CPU threads
+    cal = detector.calibration
+
+    def run_model(image: np.ndarray) -> dict:
+        batch = preprocess(image, detector.config.data.image_size)[None]
+        with model_lock:
+            return score_batch(detector.model, batch, [image.shape[:2]], detector.device)[0]
+
+    async def read_upload(request: Request) -> tuple[bytes, str]:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limits.max_bytes:
+            raise HTTPException(413, f"request body of {length} bytes is over the limit of {limits.max_bytes}")
+        if content_type == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("file")
+            if upload is None or not hasattr(upload, "read"):
+                raise HTTPException(422, "multipart request has no 'file' field: send -F file=@image.png")
+            data, name = await upload.read(), upload.filename or "file"
+        elif content_type in IMAGE_TYPES:
+            data, name = await request.body(), "body"
+        else:
+            raise HTTPException(
+                415, f"unsupported content type '{content_type}': send image/png, image/jpeg, image/bmp, "
+                "image/tiff, application/octet-stream, or multipart/form-data with a 'file' field"
+            )  # fmt: skip
+        if len(data) > limits.max_bytes:
+            raise HTTPException(413, f"image of {len(data)} bytes is over the limit of {limits.max_bytes}")
+        if not data:
+            raise HTTPException(400, "empty request body: send the bytes of an image file")
+        return data, name
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    def model_info() -> dict:
+        cfg = detector.config
+        return {"method": cfg.method, "category": cfg.data.category or detector.info.get("category"),
+                "image_size": cfg.data.image_size, "threshold": cal["threshold"], "calibration": cal,
+                "versions": detector.info.get("versions", {})}  # fmt: skip
+
+    @app.post("/predict")
+    async def predict(request: Request, map: bool = False) -> dict:
+        data, name = await read_upload(request)
+        try:
+            image = decode_image(data, name, limits.max_pixels)
+        except ImageTooLarge as exc:
+            raise HTTPException(413, str(exc)) from exc
+        except DataError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(run_model, image), timeout=limits.timeout_s)
+        except TimeoutError as exc:
+            raise HTTPException(503, f"inference took longer than {limits.timeout_s} s; try again later") from exc
+        over = result["map"] > cal["map_threshold"]
+        response = {
+            "score": result["score"],
+            **decide(cal, result["score"]),
+            "decision": "defect" if result["score"] > cal["threshold"] else "good",
+            "defect_area": float(over.mean()),  # share of pixels above the calibrated pixel threshold
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+        }
+        if map:
+            buffer = io.BytesIO()
+            map_to_png(result["map"], cal, buffer)
+            response["map_png"] = base64.b64encode(buffer.getvalue()).decode()
+        return response
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # the worker keeps serving
+        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+
+    return app
+
+
+def serve(detector: Detector, host: str, port: int, limits: ServiceLimits) -> None:
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise DefectmapError('the service needs the serve extra: pip install -e ".[serve]"') from exc
+    uvicorn.run(create_app(detector, limits), host=host, port=port, limit_concurrency=64, timeout_keep_alive=5)

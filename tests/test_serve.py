@@ -1,0 +1,116 @@
+"""The HTTP service on loopback: good requests, and every kind of bad one, with the worker still serving."""
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectmap import engine
+from defectmap.data.demo import add_defect, fabric
+from defectmap.serve import ServiceLimits, create_app
+from tests.conftest import tiny_config
+
+uvicorn = pytest.importorskip("uvicorn")
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from defectmap.data.demo import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("serve")
+    write_demo_dataset(root / "data", category="tiny", size=48, n_train=8, n_test_good=2, n_per_defect=1)
+    detector = engine.load(engine.fit(tiny_config("ae", root / "data"), root / "run", progress=False), device="cpu")
+    limits = ServiceLimits(max_bytes=200_000, max_pixels=300 * 300, timeout_s=10)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(detector, limits), host="127.0.0.1", port=port,
+                                           log_level="error"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", detector
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def call(url: str, data: bytes | None = None, content_type: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def multipart(data: bytes, field: str = "file") -> tuple[bytes, str]:
+    boundary = "defectmapboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_health_and_model(service):
+    url, detector = service
+    assert call(f"{url}/health") == (200, {"status": "ok"})
+    status, info = call(f"{url}/model")
+    assert status == 200 and info["method"] == "ae" and info["threshold"] == detector.calibration["threshold"]
+    assert info["image_size"] == 32 and "torch" in info["versions"]
+
+
+def test_predict_matches_the_library(service, tmp_path):
+    url, detector = service
+    image, _ = add_defect(fabric(np.random.default_rng(5), 60), "hole", np.random.default_rng(6))
+    data = png_bytes(image)
+    status, body = call(f"{url}/predict?map=true", data, "image/png")
+    assert status == 200
+    (tmp_path / "x.png").write_bytes(data)
+    from defectmap.data.mvtec import Sample
+
+    [row] = engine.predict(detector, [Sample(tmp_path / "x.png", 0)], progress=False)
+    assert body["score"] == pytest.approx(row["score"], abs=1e-7)
+    assert body["defective"] == row["defective"] and body["decision"] in ("good", "defect")
+    assert (body["width"], body["height"]) == (60, 60) and 0.0 <= body["defect_area"] <= 1.0
+    assert Image.open(io.BytesIO(base64.b64decode(body["map_png"]))).size == (60, 60)
+    status, body2 = call(f"{url}/predict", *multipart(data))
+    assert status == 200 and body2["score"] == body["score"] and "map_png" not in body2
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [("not_an_image", 400), ("empty", 400), ("truncated", 400), ("too_many_pixels", 413), ("too_many_bytes", 413),
+     ("wrong_type", 415), ("multipart_without_file", 422)],
+)  # fmt: skip
+def test_bad_requests_are_4xx_and_the_worker_survives(service, case, expected):
+    url, _ = service
+    good = png_bytes(fabric(np.random.default_rng(1), 40))
+    requests = {
+        "not_an_image": (b"hello, I am text", "image/png"),
+        "empty": (b"", "image/png"),
+        "truncated": (good[: len(good) // 2], "image/png"),
+        "too_many_pixels": (png_bytes(np.zeros((400, 400))), "image/png"),
+        "too_many_bytes": (b"\x00" * 300_000, "application/octet-stream"),
+        "wrong_type": (good, "text/plain"),
+        "multipart_without_file": multipart(good, field="other"),
+    }
+    status, body = call(f"{url}/predict", *requests[case])
+    assert status == expected, body
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert call(f"{url}/predict", good, "image/png")[0] == 200  # still serving
