@@ -84,3 +84,10 @@ def load_checkpoint(path: str | Path, expected_format: str = FORMAT) -> dict[str
             f"({FORMAT_VERSION}); upgrade defectmap"
         )
     return payload
+
+
+def update_calibration(path: str | Path, calibration: dict) -> None:
+    """Replace a checkpoint's calibration in place (atomically), keeping everything else."""
+    payload = load_checkpoint(path)
+    payload["calibration"] = calibration
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))

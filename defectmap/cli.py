@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from defectmap import engine, outputs
+from defectmap.checkpoint import update_calibration
 from defectmap.config import build_config, resolve_config
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.mvtec import open_category
@@ -47,6 +48,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"scored {count} images: {out / 'scores.csv'}")
     if skipped:
         print(f"skipped {skipped} unreadable images: {out / 'errors.csv'}", file=sys.stderr)
+
+
+def cmd_threshold(args: argparse.Namespace) -> None:
+    detector = engine.load(args.checkpoint, device=args.device)
+    defects = [sample for sample, _ in outputs.collect_images([args.defects])] if args.defects else None
+    calibration = engine.recalibrate(detector, args.fpr, defects)
+    update_calibration(args.checkpoint, calibration)
+    print(f"threshold {calibration['threshold']:.6g} ({calibration['threshold_rule']}) saved in {args.checkpoint}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -126,6 +135,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("threshold", help="re-calibrate a checkpoint's threshold without retraining")
+    p.add_argument("checkpoint")
+    p.add_argument("--fpr", type=float, default=0.01, help="share of good validation images allowed above it")
+    p.add_argument("--defects", help="a folder of defective validation images (not test images): use max F1")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=cmd_threshold)
 
     p = sub.add_parser("export", help="export a checkpoint as ONNX or TorchScript (config and threshold inside)")
     p.add_argument("checkpoint")

@@ -34,7 +34,7 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
-from defectmap.threshold import calibrate, normalise
+from defectmap.threshold import calibrate, normalise, threshold_max_f1
 
 
 @dataclass
@@ -138,6 +138,38 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
             for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False):
                 dataset[i]
     return train_set, val_set
+
+
+def calibrate_on_validation(
+    model: AnomalyModel, val_set: ImageDataset, batch_size: int, device, false_reject_rate: float
+) -> dict:
+    """Thresholds and normalisation from held-out normal images only (never the test split)."""
+    results = list(infer(model, val_set, batch_size, device))
+    scores = [r["score"] for r in results]
+    if len(scores) > 1 and max(scores) == min(scores):
+        warnings.warn("every validation image has the same score: the model may not have learned; "
+                      "thresholds and AUROC will be meaningless", stacklevel=2)  # fmt: skip
+    return calibrate(scores, [r["map"] for r in results], false_reject_rate)
+
+
+def recalibrate(detector: Detector, false_reject_rate: float, defects: list[Sample] | None = None) -> dict:
+    """New thresholds for a trained detector without retraining: at `false_reject_rate` on the validation
+    normals, or, given a user validation set of defective images, at the best image F1 on both."""
+    data = detector.config.data
+    val_set = ImageDataset(open_category(data).val, data.image_size, max_pixels=data.max_pixels)
+    batch = detector.config.train.eval_batch_size
+    calibration = calibrate_on_validation(detector.model, val_set, batch, detector.device, false_reject_rate)
+    if defects:
+        good = [r["score"] for r in infer(detector.model, val_set, batch, detector.device)]
+        bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
+        bad = [r["score"] for r in infer(detector.model, bad_set, batch, detector.device)]
+        calibration["threshold"] = threshold_max_f1([0] * len(good) + [1] * len(bad), good + bad)
+        calibration["threshold_rule"] = f"max image F1 on {len(good)} good and {len(bad)} defective validation images"
+    else:
+        calibration["threshold_rule"] = (
+            f"false-reject rate {false_reject_rate} on {len(val_set)} good validation images"
+        )
+    return calibration
 
 
 def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resume: bool = False) -> Path:

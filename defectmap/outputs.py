@@ -47,7 +47,7 @@ def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path | io.Bytes
     Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path, format="PNG")
 
 
-SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map"]
+SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map", "mask"]
 ERROR_HEADER = ["path", "error"]
 
 
@@ -67,10 +67,15 @@ def _open_log(path: Path, header: list[str], resume: bool) -> tuple[io.TextIOWra
     return handle, done
 
 
+def mask_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
+    """Binary defect mask: white where the map is above the calibrated pixel threshold."""
+    Image.fromarray(((anomaly_map > calibration["map_threshold"]) * 255).astype(np.uint8)).save(path, format="PNG")
+
+
 def predict_to_folder(
     detector, found: list[tuple[Sample, str]], out_dir: Path, *, resume: bool = False, progress: bool = True
 ) -> tuple[int, int]:
-    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv` and `maps/`.
+    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv`, `maps/`, `masks/`.
 
     With `resume`, images already in either CSV are not written again. Batches keep their boundaries
     (the batch holding the first unfinished image is recomputed), so a resumed run writes exactly
@@ -78,8 +83,9 @@ def predict_to_folder(
     """
     from defectmap import engine
 
-    maps_dir = out_dir / "maps"
+    maps_dir, masks_dir = out_dir / "maps", out_dir / "masks"
     maps_dir.mkdir(parents=True, exist_ok=True)
+    masks_dir.mkdir(exist_ok=True)
     scores_file, done = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
     errors_file, failed = _open_log(out_dir / "errors.csv", ERROR_HEADER, resume)
     done |= failed
@@ -100,9 +106,10 @@ def predict_to_folder(
                 continue
             map_name = f"{names[row['path']]}.png"
             map_to_png(row["map"], detector.calibration, maps_dir / map_name)
+            mask_to_png(row["map"], detector.calibration, masks_dir / map_name)
             decision = "defect" if row["defective"] else "good"
             scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision,
-                             f"maps/{map_name}"])  # fmt: skip
+                             f"maps/{map_name}", f"masks/{map_name}"])  # fmt: skip
             scores_file.flush()
             scored += 1
     return scored, skipped

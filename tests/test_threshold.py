@@ -1,0 +1,74 @@
+"""Thresholds come from held-out images only; re-calibration and max-F1; predict writes decisions and masks."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectmap import engine
+from defectmap.cli import main
+from defectmap.threshold import threshold_at_false_reject, threshold_max_f1
+from tests.conftest import tiny_config
+
+
+def test_false_reject_threshold_allows_the_requested_share():
+    scores = np.arange(100, dtype=float)
+    t = threshold_at_false_reject(scores, 0.05)
+    assert (scores > t).sum() == 5
+    assert threshold_at_false_reject(scores, 0.0) == 99.0
+
+
+def test_max_f1_threshold_separates_when_possible():
+    labels = np.array([0, 0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.35, 0.7])
+    t = threshold_max_f1(labels, scores)
+    assert 0.35 < t < 0.7
+    assert ((scores > t) == (labels == 1)).all()
+    with pytest.raises(ValueError):
+        threshold_max_f1([0, 0], [1.0, 2.0])
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    """Any read of a test-split image fails the test."""
+    from defectmap.data import dataset, images
+
+    real = images.load_image
+
+    def guard(path, *args, **kwargs):
+        assert "/test/" not in str(path), f"a threshold step read a test image: {path}"
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "load_image", guard)
+    monkeypatch.setattr(dataset, "load_image", guard)
+
+
+def test_training_and_recalibration_never_read_test_images(tiny_dataset, tmp_path, guarded):
+    ckpt = engine.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    before = engine.load(ckpt).calibration
+    assert before["val_images"] == 2  # 25% of 8 good training images
+    assert main(["threshold", str(ckpt), "--fpr", "0.5"]) == 0
+    after = engine.load(ckpt).calibration
+    assert after["threshold"] <= before["threshold"] and after["false_reject_rate"] == 0.5
+    assert "false-reject rate 0.5" in after["threshold_rule"]
+
+
+def test_max_f1_recalibration_with_user_defects(tiny_dataset, tmp_path):
+    ckpt = engine.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    defects = tiny_dataset / "tiny" / "test" / "hole"  # here standing in for a user's validation defects
+    assert main(["threshold", str(ckpt), "--defects", str(defects)]) == 0
+    assert "max image F1" in engine.load(ckpt).calibration["threshold_rule"]
+
+
+def test_predict_writes_decisions_and_binary_masks(tiny_dataset, tmp_path):
+    ckpt = engine.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    out = tmp_path / "pred"
+    assert main(["predict", str(ckpt), str(tiny_dataset / "tiny" / "test"), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    calibration = engine.load(ckpt).calibration
+    for row in rows:
+        assert row["decision"] == ("defect" if float(row["score"]) > calibration["threshold"] else "good")
+        mask = np.asarray(Image.open(out / row["mask"]))
+        assert set(np.unique(mask)) <= {0, 255}
+        assert mask.shape == np.asarray(Image.open(row["path"])).shape[:2]
