@@ -18,7 +18,7 @@ from defectmap.errors import ConfigError
 class DataConfig:
     root: str = ""  # dataset root; for `mvtec` the folder that holds <category>/
     category: str = ""
-    format: str = "mvtec"  # mvtec | folder
+    format: str = "auto"  # auto | mvtec | mpdd | folder | visa | btad | ksdd2 | dagm | mt (Magnetic Tile release)
     image_size: int = 256  # model input is image_size x image_size
     val_fraction: float = 0.1  # share of train/good held out as normal validation images
     split_seed: int = 0

@@ -150,7 +150,11 @@ def open_folder(cfg: DataConfig) -> CategoryData:
 
 
 def open_category(cfg: DataConfig) -> CategoryData:
-    formats = {"mvtec": open_mvtec, "folder": open_folder}
-    if cfg.format not in formats:
-        raise DataError(f"unknown data.format '{cfg.format}'; available: {', '.join(formats)}")
-    return formats[cfg.format](cfg)
+    """Read the dataset `cfg` names; data.format `auto` detects the layout from the files present."""
+    from defectmap.data.adapters import ADAPTERS, detect_format
+
+    formats = {"mvtec": open_mvtec, "mpdd": open_mvtec, "folder": open_folder, **ADAPTERS}
+    name = detect_format(cfg) if cfg.format == "auto" else cfg.format
+    if name not in formats:
+        raise DataError(f"unknown data.format '{cfg.format}'; available: auto, {', '.join(formats)}")
+    return formats[name](cfg)
