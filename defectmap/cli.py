@@ -32,6 +32,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_test(args: argparse.Namespace) -> None:
     detector = engine.load(args.checkpoint, device=args.device)
     data_cfg = detector.config.data
+    data_cfg.tile = args.tile if args.tile is not None else data_cfg.tile
     data_cfg.root = args.data or data_cfg.root
     data_cfg.category = args.category or data_cfg.category
     report = engine.evaluate(detector, open_category(data_cfg), progress=not args.quiet)
@@ -43,6 +44,7 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     found = outputs.collect_images(args.paths)
     detector = engine.load(args.checkpoint, device=args.device)
+    detector.config.data.tile = args.tile if args.tile is not None else detector.config.data.tile
     out = Path(args.out)
     count, skipped = outputs.predict_to_folder(detector, found, out, resume=args.resume, progress=not args.quiet)
     print(f"scored {count} images: {out / 'scores.csv'}")
@@ -123,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (default: the one it was trained on)")
     p.add_argument("--category")
     p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
+    p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(handler=cmd_test)
@@ -132,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="skip images already in OUT/scores.csv or errors.csv")
+    p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(handler=cmd_predict)

@@ -25,6 +25,8 @@ class DataConfig:
     cache: bool = True  # keep preprocessed training images in memory
     num_workers: int = 0
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
+    tile: int = 0  # test/predict: score overlapping tile x tile windows of the original image (0: whole image)
+    tile_overlap: int = 32  # pixels shared by neighbouring tiles
     # `folder` format: a folder of good images, optionally defective images and their masks
     good_dir: str = ""
     test_good_dir: str = ""

@@ -97,6 +97,9 @@ def infer(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device: t
     Items the dataset could not read (only with `skip_errors`) come out as {"index", "error"}.
     """
     model.eval()
+    if dataset.tile:
+        yield from _infer_tiled(model, dataset, batch_size, device)
+        return
     for batch, errors in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
         yield from errors
         if batch is None:
@@ -106,6 +109,30 @@ def infer(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device: t
             batch["index"].tolist(), score_batch(model, batch["image"], sizes, device), strict=True
         ):
             yield {"index": index, **result}
+
+
+def _infer_tiled(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device) -> Iterator[dict]:
+    """Large images: score overlapping tiles, stitch their maps (mean where they overlap) at full size.
+
+    The image score is the highest tile score; an image no larger than one tile is scored untiled.
+    """
+    for item, errors in DataLoader(dataset, batch_size=1, collate_fn=collate):
+        yield from errors
+        if item is None:
+            continue
+        tiles, boxes = item["tiles"][0], item["boxes"][0].tolist()
+        height, width = (int(v) for v in item["size"][0])
+        total, count = np.zeros((height, width), np.float64), np.zeros((height, width), np.float64)
+        scores = []
+        for start in range(0, len(tiles), batch_size):
+            chunk = boxes[start : start + batch_size]
+            sizes = [(y1 - y0, x1 - x0) for y0, y1, x0, x1 in chunk]
+            for (y0, y1, x0, x1), result in zip(chunk, score_batch(model, tiles[start : start + batch_size], sizes,
+                                                                     device), strict=True):  # fmt: skip
+                total[y0:y1, x0:x1] += result["map"]
+                count[y0:y1, x0:x1] += 1
+                scores.append(result["score"])
+        yield {"index": int(item["index"][0]), "score": max(scores), "map": (total / count).astype(np.float32)}
 
 
 def decide(calibration: dict, score: float) -> dict:
@@ -291,7 +318,8 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
     if not category.test:
         raise DataError(f"category {category.name} has no test images to evaluate")
     cfg = detector.config.data
-    dataset = ImageDataset(category.test, cfg.image_size, max_pixels=cfg.max_pixels)
+    dataset = ImageDataset(category.test, cfg.image_size, max_pixels=cfg.max_pixels, tile=cfg.tile,
+                           tile_overlap=cfg.tile_overlap)  # fmt: skip
     labels, scores, masks, maps = [], [], [], []
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     for result in tqdm(results, total=len(dataset), desc="evaluating", disable=not progress, leave=False):
@@ -330,7 +358,8 @@ def predict(detector: Detector, samples: list[Sample], *, progress: bool = True)
     An unreadable image yields {"path", "error"} instead, and prediction goes on.
     """
     cfg = detector.config.data
-    dataset = ImageDataset(samples, cfg.image_size, max_pixels=cfg.max_pixels, skip_errors=True)
+    dataset = ImageDataset(samples, cfg.image_size, max_pixels=cfg.max_pixels, skip_errors=True, tile=cfg.tile,
+                           tile_overlap=cfg.tile_overlap)  # fmt: skip
     cal = detector.calibration
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     for result in tqdm(results, total=len(dataset), desc="predicting", disable=not progress):

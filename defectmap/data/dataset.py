@@ -7,7 +7,7 @@ from torch.utils.data import Dataset, default_collate
 
 from defectmap.data.images import load_image, load_mask
 from defectmap.data.mvtec import Sample
-from defectmap.data.transforms import preprocess, resize_mask
+from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.errors import DataError
 
 
@@ -26,11 +26,14 @@ class ImageDataset(Dataset):
         cache: bool = False,
         max_pixels: int = 100_000_000,
         skip_errors: bool = False,
+        tile: int = 0,
+        tile_overlap: int = 32,
     ):
         self.samples = samples
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.skip_errors = skip_errors
+        self.tile, self.tile_overlap = tile, tile_overlap
         self._cache: dict[int, dict] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -40,6 +43,11 @@ class ImageDataset(Dataset):
         sample = self.samples[index]
         image = load_image(sample.path, self.max_pixels)
         size = image.shape[:2]
+        if self.tile:  # tiles at the original resolution, each resized to the model input
+            boxes = tile_boxes(size[0], size[1], self.tile, self.tile_overlap)
+            tiles = [preprocess(image[y0:y1, x0:x1], self.image_size) for y0, y1, x0, x1 in boxes]
+            return {"tiles": torch.stack(tiles), "boxes": torch.tensor(boxes), "label": torch.tensor(sample.label),
+                    "index": torch.tensor(index), "size": torch.tensor(size)}  # fmt: skip
         if sample.mask_path is not None:
             mask = resize_mask(load_mask(sample.mask_path, size, self.max_pixels), self.image_size)
         else:

@@ -33,3 +33,16 @@ def resize_map(anomaly_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
             0, 0
         ]
     return anomaly_map.float().cpu().numpy()
+
+
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of overlapping tile x tile windows covering the image; one window per short side."""
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        stride = max(1, tile - overlap)
+        positions = list(range(0, length - tile, stride))
+        return positions + [length - tile]  # the last window ends exactly at the border
+
+    return [(y, min(y + tile, height), x, min(x + tile, width)) for y in starts(height) for x in starts(width)]
