@@ -74,6 +74,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(detector, args.host, args.port, limits)
 
 
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from defectmap.benchmark import markdown, run_benchmark
+
+    models = [m.strip() for m in args.models.split(",")]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise DefectmapError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(MODELS)}")
+    rows = run_benchmark(models, args.data, args.categories, args.seeds, args.out, args.set, not args.quiet)
+    print(markdown(rows))
+    print(f"wrote {Path(args.out) / 'results.md'}, results.json, runs.csv")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out)
     root = write_demo_dataset(out / "data", seed=args.seed).parent
@@ -162,6 +174,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted decoded image")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for one inference")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("benchmark", help="train and test a grid of models x categories x seeds (resumable)")
+    p.add_argument("--models", required=True, help="comma-separated, e.g. ae,daad")
+    p.add_argument("--data", required=True)
+    p.add_argument("--categories", default="all", help="comma-separated, or all (every folder with train/)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
+    common(p)
+    p.set_defaults(handler=cmd_benchmark)
 
     p = sub.add_parser("demo", help="generate the built-in fabric data, train the AE baseline, print metrics")
     p.add_argument("--out", default="defectmap-demo")

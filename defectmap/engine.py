@@ -322,7 +322,9 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
                            tile_overlap=cfg.tile_overlap)  # fmt: skip
     labels, scores, masks, maps = [], [], [], []
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
+    model_seconds, start = 0.0, time.perf_counter()
     for result in tqdm(results, total=len(dataset), desc="evaluating", disable=not progress, leave=False):
+        model_seconds += time.perf_counter() - start  # decoding, model and map resizing; not mask I/O
         sample = category.test[result["index"]]
         labels.append(sample.label)
         scores.append(result["score"])
@@ -330,6 +332,7 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
             size = result["map"].shape
             masks.append(load_mask(sample.mask_path, size) if sample.mask_path else np.zeros(size, dtype=bool))
             maps.append(result["map"])
+        start = time.perf_counter()
     threshold = detector.calibration["threshold"]
     labels_np, scores_np = np.array(labels), np.array(scores)
     report = {
@@ -345,7 +348,12 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "threshold": threshold,
         "good_rejected": int(((scores_np > threshold) & (labels_np == 0)).sum()),
         "defects_missed": int(((scores_np <= threshold) & (labels_np == 1)).sum()),
+        "inference_images_per_s": len(labels) / max(model_seconds, 1e-9),
         "notes": list(category.notes),
+        "images": [
+            {"path": str(category.test[i].path), "defect": category.test[i].defect, "label": label, "score": score}
+            for i, (label, score) in enumerate(zip(labels, scores, strict=True))
+        ],
     }
     if category.has_masks:
         report.update(metrics.pixel_metrics(masks, maps))

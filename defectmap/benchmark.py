@@ -1,0 +1,106 @@
+"""The benchmark grid: models x categories x seeds, resumable, summarised as CSV, JSON and Markdown.
+
+Each run lives in OUT/<category>/<model>/seed<S>/ and is finished once its metrics.json exists; a
+re-run skips finished runs. Means and sample standard deviations are over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from defectmap import engine
+from defectmap.checkpoint import atomic_write
+from defectmap.config import build_config
+from defectmap.data.mvtec import open_category
+from defectmap.errors import DataError
+from defectmap.outputs import METRIC_NAMES, write_metrics
+
+COLUMNS = (*METRIC_NAMES, "train_seconds", "inference_images_per_s")
+
+
+def list_categories(root: Path, categories: str) -> list[str]:
+    if categories != "all":
+        return [c.strip() for c in categories.split(",") if c.strip()]
+    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
+    if not found:
+        raise DataError(f"no category folders with train/ under {root}; name them with --categories")
+    return found
+
+
+def run_one(model: str, root: Path, category: str, seed: int, sets: list[str], run_dir: Path) -> dict:
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    cfg = build_config(model, None, [*sets, f"train.seed={seed}"], root=str(root), category=category)
+    start = time.perf_counter()
+    checkpoint = engine.fit(cfg, run_dir, progress=False)
+    train_seconds = time.perf_counter() - start
+    detector = engine.load(checkpoint)
+    report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
+    report.update(model=model, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))
+    write_metrics(report, run_dir)
+    return report
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (category, model): mean and std over seeds of every column."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["category"], run["model"]), []).append(run)
+    rows = []
+    for (category, model), members in groups.items():
+        row = {"category": category, "model": model, "seeds": len(members)}
+        for column in COLUMNS:
+            values = [m[column] for m in members if m.get(column) is not None]
+            row[column] = float(np.mean(values)) if values else None
+            row[f"{column}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def cell(row: dict, column: str) -> str:
+        if row[column] is None:
+            return "n/a"
+        if column == "train_seconds":
+            return f"{row[column]:.0f} ± {row[column + '_std']:.0f}"
+        if column == "inference_images_per_s":
+            return f"{row[column]:.1f}"
+        return f"{row[column]:.3f} ± {row[column + '_std']:.3f}"
+
+    header = ["model", "seeds", "image AUROC", "pixel AUROC", "AU-PRO@0.3", "pixel AP", "F1-max (oracle)",
+              "train s", "inference img/s"]  # fmt: skip
+    lines = []
+    for category in sorted({r["category"] for r in rows}):
+        lines += [f"### {category}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in (r for r in rows if r["category"] == category):
+            lines.append("| " + " | ".join([row["model"], str(row["seeds"])] + [cell(row, c) for c in COLUMNS]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_benchmark(models: list[str], root: str, categories: str, seeds: int, out: str, sets: list[str],
+                  progress: bool = True) -> list[dict]:  # fmt: skip
+    root_path, out_path = Path(root), Path(out)
+    grid = [(c, m, s) for c in list_categories(root_path, categories) for m in models for s in range(seeds)]
+    runs = []
+    for category, model, seed in tqdm(grid, desc="benchmark", disable=not progress):
+        report = run_one(model, root_path, category, seed, sets, out_path / category / model / f"seed{seed}")
+        runs.append({k: v for k, v in report.items() if k != "images"})
+    rows = summarise(runs)
+    per_run = io.StringIO()
+    writer = csv.DictWriter(per_run, ["category", "model", "seed", *COLUMNS], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(runs)
+    atomic_write(out_path / "runs.csv", lambda tmp: tmp.write_text(per_run.getvalue()))
+    summary = json.dumps({"rows": rows, "runs": runs, "sets": sets}, indent=2)
+    atomic_write(out_path / "results.json", lambda tmp: tmp.write_text(summary))
+    atomic_write(out_path / "results.md", lambda tmp: tmp.write_text(markdown(rows)))
+    return rows

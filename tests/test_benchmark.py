@@ -1,0 +1,44 @@
+"""The benchmark runner writes its tables and skips finished runs when run again."""
+
+import json
+
+import pytest
+
+from defectmap import engine
+from defectmap.cli import main
+
+SETS = ["--set", "data.image_size=32", "--set", "train.epochs=1", "--set", "train.device=cpu",
+        "--set", "data.val_fraction=0.25"]  # fmt: skip
+
+
+def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--categories", "all", "--seeds", "2",
+            "--out", str(out), "--quiet", *SETS, "--set", "model.channels=[8,16]"]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    [row] = results["rows"]
+    assert row["category"] == "tiny" and row["model"] == "ae" and row["seeds"] == 2
+    assert 0 <= row["image_auroc"] <= 1 and row["train_seconds"] > 0 and row["inference_images_per_s"] > 0
+    assert (out / "runs.csv").read_text().count("\n") == 3
+    assert "| ae | 2 |" in (out / "results.md").read_text() and "### tiny" in capsys.readouterr().out
+    first = (out / "results.json").read_text()
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(engine, "fit", no_training)
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads(first)["rows"]
+
+
+def test_unknown_model_is_one_line(tmp_path, capsys):
+    assert main(["benchmark", "--models", "ae,nope", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("categories", ["all", "tiny"])
+def test_categories(tiny_dataset, categories):
+    from defectmap.benchmark import list_categories
+
+    assert list_categories(tiny_dataset, categories) == ["tiny"]
