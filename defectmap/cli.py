@@ -35,8 +35,15 @@ def cmd_test(args: argparse.Namespace) -> None:
     data_cfg.tile = args.tile if args.tile is not None else data_cfg.tile
     data_cfg.root = args.data or data_cfg.root
     data_cfg.category = args.category or data_cfg.category
-    report = engine.evaluate(detector, open_category(data_cfg), progress=not args.quiet)
-    path = outputs.write_metrics(report, Path(args.out) if args.out else Path(args.checkpoint).parent)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    if args.report:
+        from defectmap.report import write_report
+
+        page, report = write_report(detector, open_category(data_cfg), out, progress=not args.quiet)
+        print(f"wrote {page}")
+    else:
+        report = engine.evaluate(detector, open_category(data_cfg), progress=not args.quiet)
+    path = outputs.write_metrics(report, out)
     print(outputs.format_table(report))
     print(f"wrote {path}")
 
@@ -72,6 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     detector = engine.load(args.checkpoint, device=args.device)
     limits = ServiceLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout)
     serve(detector, args.host, args.port, limits)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from defectmap.report import report_run
+
+    print(f"wrote {report_run(args.run_dir, progress=not args.quiet)}")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -138,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--category")
     p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
+    p.add_argument("--report", action="store_true", help="also write report.html (curves, histograms, gallery)")
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(handler=cmd_test)
@@ -174,6 +188,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted decoded image")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for one inference")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: metrics, curves, histograms, gallery")
+    p.add_argument("run_dir", help="the --out folder of a training run")
+    common(p)
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("benchmark", help="train and test a grid of models x categories x seeds (resumable)")
     p.add_argument("--models", required=True, help="comma-separated, e.g. ae,daad")

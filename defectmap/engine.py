@@ -313,26 +313,34 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     return path
 
 
-def evaluate(detector: Detector, category: CategoryData, *, progress: bool = True) -> dict:
-    """Image and pixel metrics on the test split, with maps at each image's original resolution."""
+def test_outputs(detector: Detector, category: CategoryData, *, progress: bool = True) -> dict:
+    """Labels, scores, and (with ground truth) masks and maps at original size for the test split."""
     if not category.test:
         raise DataError(f"category {category.name} has no test images to evaluate")
     cfg = detector.config.data
     dataset = ImageDataset(category.test, cfg.image_size, max_pixels=cfg.max_pixels, tile=cfg.tile,
                            tile_overlap=cfg.tile_overlap)  # fmt: skip
-    labels, scores, masks, maps = [], [], [], []
+    outputs = {"labels": [], "scores": [], "masks": [], "maps": [], "seconds": 0.0}
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
-    model_seconds, start = 0.0, time.perf_counter()
+    start = time.perf_counter()
     for result in tqdm(results, total=len(dataset), desc="evaluating", disable=not progress, leave=False):
-        model_seconds += time.perf_counter() - start  # decoding, model and map resizing; not mask I/O
+        outputs["seconds"] += time.perf_counter() - start  # decoding, model and map resizing; not mask I/O
         sample = category.test[result["index"]]
-        labels.append(sample.label)
-        scores.append(result["score"])
+        outputs["labels"].append(sample.label)
+        outputs["scores"].append(result["score"])
         if category.has_masks:
             size = result["map"].shape
-            masks.append(load_mask(sample.mask_path, size) if sample.mask_path else np.zeros(size, dtype=bool))
-            maps.append(result["map"])
+            mask = load_mask(sample.mask_path, size) if sample.mask_path else np.zeros(size, dtype=bool)
+            outputs["masks"].append(mask)
+            outputs["maps"].append(result["map"])
         start = time.perf_counter()
+    return outputs
+
+
+def evaluate(detector: Detector, category: CategoryData, *, progress: bool = True, outputs: dict | None = None) -> dict:
+    """Image and pixel metrics on the test split, with maps at each image's original resolution."""
+    outputs = outputs or test_outputs(detector, category, progress=progress)
+    labels, scores, masks, maps = outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"]
     threshold = detector.calibration["threshold"]
     labels_np, scores_np = np.array(labels), np.array(scores)
     report = {
@@ -348,7 +356,7 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "threshold": threshold,
         "good_rejected": int(((scores_np > threshold) & (labels_np == 0)).sum()),
         "defects_missed": int(((scores_np <= threshold) & (labels_np == 1)).sum()),
-        "inference_images_per_s": len(labels) / max(model_seconds, 1e-9),
+        "inference_images_per_s": len(labels) / max(outputs["seconds"], 1e-9),
         "notes": list(category.notes),
         "images": [
             {"path": str(category.test[i].path), "defect": category.test[i].defect, "label": label, "score": score}

@@ -115,6 +115,23 @@ def f1_max(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
     return _f1_max(*_cumulative_counts(*_flatten(masks, maps)))
 
 
+def roc_curve(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image-level (FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
+    scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float64), device=_device())
+    tps, fps = _cumulative_counts(scores_t, torch.as_tensor(np.asarray(labels) > 0, device=_device()))
+    fpr = np.concatenate([[0.0], (fps / max(float(fps[-1]), 1.0)).cpu().numpy()])
+    tpr = np.concatenate([[0.0], (tps / max(float(tps[-1]), 1.0)).cpu().numpy()])
+    return fpr, tpr
+
+
+def pr_curve(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-level (recall, precision) at every distinct threshold, highest threshold first."""
+    tps, fps = _cumulative_counts(*_flatten(masks, maps))
+    return (tps / tps[-1].clamp_min(1)).cpu().numpy(), (tps / (tps + fps)).cpu().numpy()
+
+
 def _region_ids(masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, int]:
     """Global id of the 8-connected defect region of each pixel (0 for defect-free pixels)."""
     ids, offset = [], 0

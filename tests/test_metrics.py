@@ -128,3 +128,21 @@ def test_aupro_cutoff_shortcut_equals_full_curve(limit):
     assert fpr[-1] == pytest.approx(1.0)
     expected = metrics.area_to_limit(fpr, pro, limit) / limit
     assert metrics.aupro(masks, maps, fpr_limit=limit) == pytest.approx(expected, abs=1e-12)
+
+
+def test_curves_match_sklearn():
+    from sklearn.metrics import precision_recall_curve
+    from sklearn.metrics import roc_curve as sk_roc
+
+    rng = np.random.default_rng(7)
+    labels, scores = rng.integers(0, 2, 300), rng.integers(0, 20, 300).astype(float)
+    fpr, tpr = metrics.roc_curve(labels, scores)
+    sk_fpr, sk_tpr, _ = sk_roc(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    masks, maps = random_case(rng)
+    recall, precision = metrics.pr_curve(masks, maps)
+    flat = np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps])
+    sk_precision, sk_recall, _ = precision_recall_curve(*flat)
+    np.testing.assert_allclose(recall, sk_recall[::-1][1:])
+    np.testing.assert_allclose(precision, sk_precision[::-1][1:])
