@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from defectmap.errors import ConfigError
+from defectmap.models.hee import PostprocessConfig
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: Any = None  # the method's own <Class>Config, filled in by `resolve_config`
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)  # error-map filter of recon models
 
 
 def _parse_value(text: str) -> Any:

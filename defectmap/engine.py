@@ -63,7 +63,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: Config) -> AnomalyModel:
-    return MODELS[cfg.method](cfg.model)
+    return MODELS[cfg.method](cfg.model, cfg.postprocess)
 
 
 def load(path: str | Path, device: str = "auto") -> Detector:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectmap.models.base import AnomalyModel, Output
-from defectmap.models.smoothing import GaussianBlur
+from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.ssim import ssim_map
 
 
@@ -61,7 +61,7 @@ def reconstruction_error(images: torch.Tensor, recon: torch.Tensor, kind: str) -
 class Autoencoder(AnomalyModel):
     Config = AEConfig
 
-    def __init__(self, cfg: AEConfig):
+    def __init__(self, cfg: AEConfig, post: PostprocessConfig | None = None):
         super().__init__()
         self.cfg = cfg
         widths = (3, *cfg.channels)
@@ -78,7 +78,7 @@ class Autoencoder(AnomalyModel):
         self.head = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(rev[-1], 3, 3, padding=1)
         )
-        self.blur = GaussianBlur(cfg.smoothing_sigma)
+        self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(self.decoder(self.bottleneck(self.encoder(images)))))
@@ -96,5 +96,5 @@ class Autoencoder(AnomalyModel):
         return losses
 
     def forward(self, images: torch.Tensor) -> Output:
-        maps = self.blur(reconstruction_error(images, self.reconstruct(images), self.cfg.error))  # (B, H, W)
+        maps = self.error_filter(reconstruction_error(images, self.reconstruct(images), self.cfg.error))  # (B, H, W)
         return Output(maps.flatten(1).amax(1), maps)

@@ -20,8 +20,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from defectmap.models.ae import down_block, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
+from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.memory import BlockMemory, addressing_entropy
-from defectmap.models.smoothing import GaussianBlur
 from defectmap.models.ssim import ssim_map
 
 
@@ -84,7 +84,7 @@ class Discriminator(nn.Module):
 class DAAD(AnomalyModel):
     Config = DAADConfig
 
-    def __init__(self, cfg: DAADConfig):
+    def __init__(self, cfg: DAADConfig, post: PostprocessConfig | None = None):
         super().__init__()
         if not len(cfg.memory_levels) == len(cfg.block_sizes) == len(cfg.memory_items):
             raise ValueError("model.memory_levels, model.block_sizes and model.memory_items need equal lengths")
@@ -117,7 +117,7 @@ class DAAD(AnomalyModel):
             nn.Conv2d(cfg.channels[0], 3, 3, padding=1),
         )
         self.discriminator = Discriminator(cfg.discriminator_channels) if cfg.adversarial else None
-        self.blur = GaussianBlur(cfg.smoothing_sigma)
+        self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
         # Image-score statistics of normal validation images: (map max, latent distance) mean and std.
         self.register_buffer("score_mean", torch.zeros(2))
         self.register_buffer("score_std", torch.ones(2))
@@ -177,7 +177,7 @@ class DAAD(AnomalyModel):
 
     def _raw_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recon, _ = self.reconstruct(images)
-        maps = self.blur(reconstruction_error(images, recon, "l2"))  # (B, H, W)
+        maps = self.error_filter(reconstruction_error(images, recon, "l2"))  # (B, H, W)
         if self.discriminator is None:
             return maps, maps.flatten(1).amax(1)[:, None]
         _, real_latent = self.discriminator(images)
