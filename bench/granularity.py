@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from defectmap import engine
+from defectmap import engine, training
 from defectmap.config import build_config
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
@@ -95,7 +95,7 @@ def main() -> None:
             blocks = [max(1, scale // 2**level) for level in range(args.levels)]
             sets = [*args.set, f"model.block_sizes={blocks}"]
             cfg = build_config("daad", None, sets, root=args.data, category=args.category)
-            detector = engine.load(engine.fit(cfg, out / f"scale{scale}", progress=False))
+            detector = engine.load(training.fit(cfg, out / f"scale{scale}", progress=False))
             category = open_category(detector.config.data)
             report = engine.evaluate(detector, category, progress=False)
             row = {"scale": scale, "block_sizes": blocks, **mean_errors(detector, category.test)}

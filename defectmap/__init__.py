@@ -5,7 +5,8 @@ Public API: `fit`, `load`, `evaluate`, `predict`, `MODELS`.
 
 __version__ = "0.1.0"
 
-from defectmap.engine import Detector, evaluate, fit, load, predict  # noqa: E402
+from defectmap.engine import Detector, evaluate, load, predict  # noqa: E402
 from defectmap.models import MODELS  # noqa: E402
+from defectmap.training import fit  # noqa: E402
 
 __all__ = ["MODELS", "Detector", "evaluate", "fit", "load", "predict", "__version__"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from defectmap import engine
+from defectmap import engine, training
 from defectmap.checkpoint import atomic_write
 from defectmap.config import build_config
 from defectmap.data.mvtec import open_category
@@ -40,7 +40,7 @@ def run_one(model: str, root: Path, category: str, seed: int, sets: list[str], r
         return json.loads(metrics_path.read_text())
     cfg = build_config(model, None, [*sets, f"train.seed={seed}"], root=str(root), category=category)
     start = time.perf_counter()
-    checkpoint = engine.fit(cfg, run_dir, progress=False)
+    checkpoint = training.fit(cfg, run_dir, progress=False)
     train_seconds = time.perf_counter() - start
     detector = engine.load(checkpoint)
     report = engine.evaluate(detector, open_category(detector.config.data), progress=False)

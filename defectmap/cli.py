@@ -10,7 +10,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from defectmap import engine, outputs
+from defectmap import engine, outputs, training
 from defectmap.checkpoint import update_calibration
 from defectmap.config import build_config, resolve_config
 from defectmap.data.demo import write_demo_dataset
@@ -22,10 +22,10 @@ from defectmap.models import MODELS
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:  # the run's own config, saved in last.ckpt, is used as it was
-        checkpoint = engine.fit(None, args.out, progress=not args.quiet, resume=True)
+        checkpoint = training.fit(None, args.out, progress=not args.quiet, resume=True)
     else:
         cfg = build_config(args.model, args.config, args.set, root=args.data, category=args.category)
-        checkpoint = engine.fit(cfg, args.out, progress=not args.quiet)
+        checkpoint = training.fit(cfg, args.out, progress=not args.quiet)
     print(f"saved {checkpoint}")
 
 
@@ -104,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     root = write_demo_dataset(out / "data", seed=args.seed).parent
     preset = resources.files("defectmap") / "presets" / "demo.yaml"
     cfg = build_config(None, str(preset), args.set, root=str(root), category="fabric")
-    checkpoint = engine.fit(cfg, out / "run", progress=not args.quiet)
+    checkpoint = training.fit(cfg, out / "run", progress=not args.quiet)
     detector = engine.load(checkpoint)
     report = engine.evaluate(detector, open_category(detector.config.data), progress=not args.quiet)
     outputs.write_metrics(report, out / "run")

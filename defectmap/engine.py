@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import random
 import time
@@ -18,22 +16,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from defectmap import metrics
-from defectmap.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from defectmap.config import Config, config_to_dict, resolve_config
+from defectmap.checkpoint import load_checkpoint
+from defectmap.config import Config, resolve_config
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import CategoryData, Sample, open_category
 from defectmap.data.transforms import resize_map
 from defectmap.errors import DataError, DefectmapError
 from defectmap.models import MODELS, AnomalyModel
-from defectmap.resume import (
-    StopSignals,
-    TrainState,
-    epoch_order,
-    load_training_state,
-    restore_training_state,
-    save_training_state,
-)
 from defectmap.threshold import calibrate, normalise, threshold_max_f1
 
 
@@ -143,30 +133,6 @@ def decide(calibration: dict, score: float) -> dict:
     }
 
 
-@torch.no_grad()
-def _validation_loss(model: AnomalyModel, loader: DataLoader, device: torch.device) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        total += float(model.validation_loss(batch)) * len(batch["image"])
-        count += len(batch["image"])
-    return total / max(count, 1)
-
-
-def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tuple[ImageDataset, ImageDataset]:
-    data = cfg.data
-    train_set = ImageDataset(category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels)
-    val_set = ImageDataset(
-        category.val or category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels
-    )
-    if data.cache:  # decode everything up front: a bad image fails now, before any output exists
-        for dataset in (train_set, val_set):
-            for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False):
-                dataset[i]
-    return train_set, val_set
-
-
 def calibrate_on_validation(
     model: AnomalyModel, val_set: ImageDataset, batch_size: int, device, false_reject_rate: float
 ) -> dict:
@@ -197,120 +163,6 @@ def recalibrate(detector: Detector, false_reject_rate: float, defects: list[Samp
             f"false-reject rate {false_reject_rate} on {len(val_set)} good validation images"
         )
     return calibration
-
-
-def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resume: bool = False) -> Path:
-    """Train `cfg.method` on the normal images of `cfg.data`, calibrate on validation, save `model.ckpt`.
-
-    The training state (weights, optimizers, RNG, position in the epoch, early-stopping state) is
-    saved to `last.ckpt` every `train.checkpoint_every` steps, at every epoch end and on SIGINT or
-    SIGTERM; `resume=True` continues from it and ends with the weights an uninterrupted run reaches.
-    """
-    out = Path(out_dir)
-    if resume:
-        saved = load_training_state(out / "last.ckpt")
-        cfg = resolve_config(saved["config"])
-    category = open_category(cfg.data)
-    seed_everything(cfg.train.seed)
-    torch.use_deterministic_algorithms(cfg.train.deterministic)
-    device = resolve_device(cfg.train.device)
-    train_set, val_set = _loaded_datasets(cfg, category, progress)
-    model = build_model(cfg).to(device)
-    batch_size = min(cfg.train.batch_size, len(train_set))
-    val_loader = DataLoader(val_set, batch_size=cfg.train.eval_batch_size)
-    model.prepare(batch["image"].to(device) for batch in DataLoader(train_set, batch_size=cfg.train.eval_batch_size))
-    optimizers = {
-        name: torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        for name, params in model.optimizer_groups().items()
-    }
-    state = TrainState()
-    if resume:
-        state = restore_training_state(saved, model, optimizers)
-    start = time.perf_counter() - state.seconds
-    with StopSignals() as signals:
-        for epoch in range(state.epoch, cfg.train.epochs):
-            model.train()
-            order = epoch_order(len(train_set), cfg.train.seed, epoch)[state.step_in_epoch * batch_size :]
-            loader = DataLoader(
-                train_set, batch_size=batch_size, sampler=order, drop_last=True, num_workers=cfg.data.num_workers
-            )
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
-            seen, epoch_start = 0, time.perf_counter()
-            for batch in bar:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                losses = model.loss(batch)
-                # One optimizer per loss (e.g. generator, then discriminator); earlier graphs kept for later ones.
-                for i, (name, optimizer) in enumerate(optimizers.items()):
-                    optimizer.zero_grad(set_to_none=True)
-                    losses[name].backward(retain_graph=i < len(optimizers) - 1)
-                    optimizer.step()
-                value = losses["loss"].item()
-                state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
-                if not math.isfinite(value):
-                    raise DefectmapError(
-                        f"training loss became {value} at step {state.global_step}; the last good state is "
-                        f"{out / 'last.ckpt'} (if any); lower train.lr and retrain"
-                    )
-                state.running = value if not state.running else 0.9 * state.running + 0.1 * value
-                seen += len(batch["image"])
-                bar.set_postfix(loss=f"{state.running:.4g}", img_s=f"{seen / (time.perf_counter() - epoch_start):.1f}")
-                every = cfg.train.checkpoint_every
-                if (every and state.global_step % every == 0) or signals.received:
-                    state.seconds = time.perf_counter() - start
-                    save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
-                if signals.received:
-                    raise DefectmapError(
-                        f"stopped by {signals.received} at step {state.global_step}; state saved to "
-                        f"{out / 'last.ckpt'}: continue with `defectmap train --out {out} --resume`"
-                    )
-            val_loss = _validation_loss(model, val_loader, device)
-            if not math.isfinite(val_loss):
-                raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
-            state.history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": state.running,
-                    "val_loss": val_loss,
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            if progress:
-                tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}  val loss {val_loss:.5g}")
-            if val_loss < state.best_loss:
-                state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
-            else:
-                state.stale += 1
-            state.epoch, state.step_in_epoch = epoch + 1, 0
-            state.seconds = time.perf_counter() - start
-            save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
-            if cfg.train.patience and state.stale >= cfg.train.patience:
-                break
-            if cfg.train.max_minutes and state.seconds > 60 * cfg.train.max_minutes:
-                break
-    if state.best_state is not None:
-        model.load_state_dict(state.best_state)
-    model.eval()
-    model.calibrate(batch["image"].to(device) for batch in val_loader)
-    val_results = list(infer(model, val_set, cfg.train.eval_batch_size, device))
-    val_scores = [r["score"] for r in val_results]
-    if len(val_scores) > 1 and max(val_scores) == min(val_scores):
-        warnings.warn(
-            "every validation image has the same score: the model may not have learned; "
-            "thresholds and AUROC will be meaningless",
-            stacklevel=2,
-        )
-    calibration = calibrate(val_scores, [r["map"] for r in val_results], cfg.train.false_reject_rate)
-    path = out / "model.ckpt"
-    save_checkpoint(
-        path,
-        model=model,
-        config=config_to_dict(cfg),
-        calibration=calibration,
-        category=category.name,
-        history=state.history,
-    )
-    atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(state.history, indent=2)))
-    return path
 
 
 def test_outputs(detector: Detector, category: CategoryData, *, progress: bool = True) -> dict:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from defectmap import engine
+from defectmap import training
 from defectmap.cli import main
 
 SETS = ["--set", "data.image_size=32", "--set", "train.epochs=1", "--set", "train.device=cpu",
@@ -27,7 +27,7 @@ def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, c
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(engine, "fit", no_training)
+    monkeypatch.setattr(training, "fit", no_training)
     assert main(args) == 0
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(first)["rows"]
 

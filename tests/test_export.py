@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from defectmap import engine
+from defectmap import engine, training
 from defectmap.data.mvtec import open_category
 from defectmap.errors import CheckpointError
 from defectmap.export import export
@@ -24,7 +24,7 @@ def trained_models(tmp_path_factory):
     for method in MODELS:
         torch.manual_seed(0)
         cfg = tiny_config(method, root / "data", epochs=2)
-        checkpoints[method] = engine.fit(cfg, root / method, progress=False)
+        checkpoints[method] = training.fit(cfg, root / method, progress=False)
     return root, checkpoints
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from defectmap import engine
+from defectmap import engine, training
 from defectmap.config import build_config
 from defectmap.data.mvtec import open_category
 
@@ -25,7 +25,7 @@ def test_magnetic_tile_layout_and_original_sizes():
 def test_ae_learns_something_on_magnetic_tile(tmp_path):
     sets = ["data.image_size=64", "train.epochs=8", "train.patience=0", "train.device=cpu"]
     cfg = build_config("ae", None, sets, root=str(DATA), category="magnetic_tile")
-    detector = engine.load(engine.fit(cfg, tmp_path, progress=False))
+    detector = engine.load(training.fit(cfg, tmp_path, progress=False))
     report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
     # The AE baseline is weak on this data (about 0.6 at 128-256 px, see README) but clearly above chance.
     assert report["image_auroc"] > 0.55 and report["pixel_auroc"] > 0.55

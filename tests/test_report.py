@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from defectmap import engine
+from defectmap import training
 from defectmap.cli import main
 from tests.conftest import tiny_config
 
@@ -19,7 +19,7 @@ def report_page(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("report")
     write_demo_dataset(root / "data", category="tiny", size=48, n_train=8, n_test_good=3, n_per_defect=2)
-    checkpoint = engine.fit(tiny_config("ae", root / "data", epochs=2), root / "run", progress=False)
+    checkpoint = training.fit(tiny_config("ae", root / "data", epochs=2), root / "run", progress=False)
     assert main(["test", str(checkpoint), "--report", "--quiet"]) == 0
     return root / "run" / "report.html"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from defectmap import engine
+from defectmap import training
 from defectmap.errors import DefectmapError
 from tests.conftest import tiny_config
 
@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_the_step(tiny_dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Autoencoder, "loss", nan_loss)
     with pytest.raises(DefectmapError, match="became nan at step 1"):
-        engine.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
+        training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
 
 
 def test_constant_validation_scores_warn(tiny_dataset, tmp_path, monkeypatch):
@@ -112,4 +112,4 @@ def test_constant_validation_scores_warn(tiny_dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Autoencoder, "forward", constant)
     with pytest.warns(UserWarning, match="same score"):
-        engine.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
+        training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectmap import engine
+from defectmap import engine, training
 from defectmap.data.demo import add_defect, fabric
 from defectmap.serve import ServiceLimits, create_app
 from tests.conftest import tiny_config
@@ -33,7 +33,7 @@ def service(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve")
     write_demo_dataset(root / "data", category="tiny", size=48, n_train=8, n_test_good=2, n_per_defect=1)
-    detector = engine.load(engine.fit(tiny_config("ae", root / "data"), root / "run", progress=False), device="cpu")
+    detector = engine.load(training.fit(tiny_config("ae", root / "data"), root / "run", progress=False), device="cpu")
     limits = ServiceLimits(max_bytes=200_000, max_pixels=300 * 300, timeout_s=10)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectmap import engine
+from defectmap import engine, training
 from defectmap.cli import main
 from defectmap.threshold import threshold_at_false_reject, threshold_max_f1
 from tests.conftest import tiny_config
@@ -45,7 +45,7 @@ def guarded(monkeypatch):
 
 
 def test_training_and_recalibration_never_read_test_images(tiny_dataset, tmp_path, guarded):
-    ckpt = engine.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
     before = engine.load(ckpt).calibration
     assert before["val_images"] == 2  # 25% of 8 good training images
     assert main(["threshold", str(ckpt), "--fpr", "0.5"]) == 0
@@ -55,14 +55,14 @@ def test_training_and_recalibration_never_read_test_images(tiny_dataset, tmp_pat
 
 
 def test_max_f1_recalibration_with_user_defects(tiny_dataset, tmp_path):
-    ckpt = engine.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
     defects = tiny_dataset / "tiny" / "test" / "hole"  # here standing in for a user's validation defects
     assert main(["threshold", str(ckpt), "--defects", str(defects)]) == 0
     assert "max image F1" in engine.load(ckpt).calibration["threshold_rule"]
 
 
 def test_predict_writes_decisions_and_binary_masks(tiny_dataset, tmp_path):
-    ckpt = engine.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
     out = tmp_path / "pred"
     assert main(["predict", str(ckpt), str(tiny_dataset / "tiny" / "test"), "--out", str(out), "--quiet"]) == 0
     rows = list(csv.DictReader((out / "scores.csv").open()))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from defectmap import engine
+from defectmap import engine, training
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import Sample
 from defectmap.data.transforms import tile_boxes
@@ -22,7 +22,7 @@ def test_tile_boxes_cover_the_image(height, width):
 
 
 def test_tile_of_image_size_reproduces_the_untiled_map(tiny_dataset, tmp_path):
-    detector = engine.load(engine.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False))
+    detector = engine.load(training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False))
     path = write_image(tmp_path / "x.png", np.random.default_rng(0).random((64, 64, 3)))
     whole = next(engine.infer(detector.model, ImageDataset([Sample(path, 0)], 32), 4, detector.device))
     tiled = next(engine.infer(detector.model, ImageDataset([Sample(path, 0)], 32, tile=64), 4, detector.device))
