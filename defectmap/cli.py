@@ -6,11 +6,12 @@ Errors the user can fix are printed as one line on stderr with exit code 2, neve
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
-from defectmap import engine, outputs, training
+from defectmap import distributed, engine, outputs, training
 from defectmap.checkpoint import update_calibration
 from defectmap.config import build_config, resolve_config
 from defectmap.data.demo import write_demo_dataset
@@ -20,13 +21,30 @@ from defectmap.export import FORMATS, export
 from defectmap.models import MODELS
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _without_devices(argv: list[str]) -> list[str]:
+    """The command line minus `--devices N` (torchrun's processes must not launch again)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--devices":
+            skip = True
+        elif not arg.startswith("--devices="):
+            kept.append(arg)
+    return kept
+
+
+def cmd_train(args: argparse.Namespace) -> int | None:
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        return distributed.launch(args.devices, _without_devices(sys.argv[1:]))
     if args.resume:  # the run's own config, saved in last.ckpt, is used as it was
         checkpoint = training.fit(None, args.out, progress=not args.quiet, resume=True)
     else:
         cfg = build_config(args.model, args.config, args.set, root=args.data, category=args.category)
         checkpoint = training.fit(cfg, args.out, progress=not args.quiet)
-    print(f"saved {checkpoint}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved {checkpoint}")
+    return None
 
 
 def cmd_test(args: argparse.Namespace) -> None:
@@ -48,15 +66,31 @@ def cmd_test(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int | None:
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        return distributed.launch(args.devices, _without_devices(sys.argv[1:]))
     found = outputs.collect_images(args.paths)
     detector = engine.load(args.checkpoint, device=args.device)
     detector.config.data.tile = args.tile if args.tile is not None else detector.config.data.tile
     out = Path(args.out)
-    count, skipped = outputs.predict_to_folder(detector, found, out, resume=args.resume, progress=not args.quiet)
+    rank, world = distributed.setup()
+    if world > 1:  # whole batches go round-robin to the processes; rank 0 merges in the original order
+        if args.resume:
+            raise DefectmapError("--resume is for single-process prediction; run it without torchrun/--devices")
+        size = detector.config.train.eval_batch_size
+        batches = [found[i : i + size] for i in range(0, len(found), size)]
+        mine = [item for batch in batches[rank::world] for item in batch]
+        count, skipped = outputs.predict_to_folder(detector, mine, out / ".parts" / f"rank{rank}", progress=False)
+        distributed.barrier()
+        if rank == 0:
+            outputs.merge_parts(found, out, [out / ".parts" / f"rank{r}" for r in range(world)])
+        distributed.teardown()
+    else:
+        count, skipped = outputs.predict_to_folder(detector, found, out, resume=args.resume, progress=not args.quiet)
     print(f"scored {count} images: {out / 'scores.csv'}")
     if skipped:
         print(f"skipped {skipped} unreadable images: {out / 'errors.csv'}", file=sys.stderr)
+    return None
 
 
 def cmd_threshold(args: argparse.Namespace) -> None:
@@ -140,6 +174,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category folder under --data")
     p.add_argument("--out", required=True, help="run folder for model.ckpt, last.ckpt and history.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from last.ckpt")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel processes on this machine (via torchrun)")
     p.add_argument("--config", help="YAML preset with data:, train:, model: sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
     common(p)
@@ -161,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="skip images already in OUT/scores.csv or errors.csv")
+    p.add_argument("--devices", type=int, default=1, help="shard the images over this many processes (torchrun)")
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--device", default="auto")
     common(p)
@@ -223,7 +259,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.handler(args)
+        code = args.handler(args)
+        if code:
+            return code
     except DefectmapError as exc:
         print(f"defectmap: error: {exc}", file=sys.stderr)
         return 2

@@ -136,3 +136,33 @@ def format_table(report: dict) -> str:
     )
     lines += [f"  note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
+
+
+def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path]) -> None:
+    """Join per-process prediction folders into OUT: rows in the original image order, maps and masks moved."""
+    rows: dict[str, list[str]] = {}
+    errors: dict[str, list[str]] = {}
+    for part in parts:
+        for name, table in (("scores.csv", rows), ("errors.csv", errors)):
+            with (part / name).open(newline="") as handle:
+                reader = csv.reader(handle)
+                next(reader)
+                table.update({row[0]: row for row in reader})
+        for folder in ("maps", "masks"):
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
+            for file in (part / folder).iterdir():
+                file.replace(out_dir / folder / file.name)
+    for name, header, table in (("scores.csv", SCORE_HEADER, rows), ("errors.csv", ERROR_HEADER, errors)):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        writer.writerows(table[str(s.path)] for s, _ in found if str(s.path) in table)
+        text = buffer.getvalue()
+        atomic_write(out_dir / name, lambda tmp, text=text: tmp.write_text(text))
+    for part in parts:
+        for folder in ("maps", "masks"):
+            (part / folder).rmdir()
+        for name in ("scores.csv", "errors.csv"):
+            (part / name).unlink()
+        part.rmdir()
+    parts[0].parent.rmdir()
