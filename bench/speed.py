@@ -1,0 +1,147 @@
+"""Speed of every model: training images/s, inference latency at batch 1, throughput at batch 32, peak memory.
+
+    python bench/speed.py [--size 256] [--out bench/results/speed_cpu.json]
+
+Each model runs in its own subprocess (so peak memory is its own) with default settings, random
+inputs, on CUDA when present else the CPU. When anomalib is installed (optional, not a dependency),
+its DRAEM (`DraemModel`) is timed the same way in the same run, and the table shows each model's
+inference speed relative to it. DRAEM's training step here is its two subnetworks' forward and
+backward with an L2 + cross-entropy loss on random masks (anomalib's augmentation is not timed).
+"""
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def build(name: str):
+    """(module, one training step(images)) for a defectmap model or anomalib's DRAEM."""
+    if name == "draem":
+        from anomalib.models.image.draem.torch_model import DraemModel
+
+        model = DraemModel()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step(images: torch.Tensor) -> None:
+            model.train()
+            reconstruction, prediction = model(images)
+            masks = (torch.rand_like(images[:, 0]) > 0.9).long()
+            loss = F.mse_loss(reconstruction, images) + F.cross_entropy(prediction, masks)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        return model, step
+    from defectmap.config import resolve_config
+    from defectmap.engine import build_model
+
+    cfg = resolve_config({}, name)
+    model = build_model(cfg)
+    optimizers = {k: torch.optim.Adam(v, lr=1e-4) for k, v in model.optimizer_groups().items()}
+
+    def step(images: torch.Tensor) -> None:  # the engine's step, as in training.fit
+        model.train()
+        losses = model.loss({"image": images})
+        for i, (key, optimizer) in enumerate(optimizers.items()):
+            optimizer.zero_grad(set_to_none=True)
+            losses[key].backward(retain_graph=i < len(optimizers) - 1)
+            optimizer.step()
+
+    return model, step
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds of `repeats` calls after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(name: str, size: int) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model, step = build(name)
+    model.to(device)
+    cpu = device.type == "cpu"
+    train_batch = 8 if cpu else 32
+    train_images = torch.rand(train_batch, 3, size, size, device=device)
+    train_s = timed(lambda: step(train_images), 3 if cpu else 10, device)
+    model.eval()
+    one, many = torch.rand(1, 3, size, size, device=device), torch.rand(32, 3, size, size, device=device)
+    with torch.no_grad():
+        latency = timed(lambda: model(one), 10 if cpu else 50, device)
+        batch_s = timed(lambda: model(many), 2 if cpu else 20, device)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if not cpu
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "model": name,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "train_images_per_s": train_batch / train_s,
+        "latency_ms_batch1": latency * 1000,
+        "images_per_s_batch32": 32 / batch_s,
+        "peak_memory_mb": peak,
+        "memory_kind": "CUDA max allocated" if not cpu else "process peak RSS",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--out", default="bench/results/speed.json")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.size)))
+        return
+    from defectmap.models import MODELS
+
+    names = list(MODELS)
+    try:
+        import anomalib  # noqa: F401
+
+        names.append("draem")
+    except ImportError:
+        print("anomalib is not installed: no DRAEM reference in this run (pip install anomalib)")
+    rows = []
+    for name in names:
+        result = subprocess.run([sys.executable, __file__, "--one", name, "--size", str(args.size)],
+                                capture_output=True, text=True)  # fmt: skip
+        if result.returncode:
+            print(f"{name}: failed: {result.stderr.strip().splitlines()[-1]}")
+            continue
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    reference = next((r for r in rows if r["model"] == "draem"), None)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.size}x{args.size} inputs on {device}")
+    print("| model | params (M) | train img/s | latency b=1 (ms) | img/s b=32 | peak MB | b=32 speed vs DRAEM |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['images_per_s_batch32'] / reference['images_per_s_batch32']:.1f}x" if reference else "n/a"
+        print(f"| {r['model']} | {r['parameters_m']:.1f} | {r['train_images_per_s']:.1f} | {r['latency_ms_batch1']:.1f}"
+              f" | {r['images_per_s_batch32']:.1f} | {r['peak_memory_mb']:.0f} | {ratio} |")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    summary = {"size": args.size, "device": device, "machine": platform.machine(), "torch": torch.__version__}
+    Path(args.out).write_text(json.dumps({**summary, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
