@@ -23,6 +23,14 @@ TINY_MODEL = {
         "discriminator_channels": [8, 16],
         "smoothing_sigma": 1.0,
     },
+    "pmb": {
+        "channels": [8, 16, 32],
+        "latent_channels": 4,
+        "skips": ["pmb", "plain"],
+        "grid": 2,
+        "memory_items": 8,
+        "smoothing_sigma": 1.0,
+    },
 }
 
 

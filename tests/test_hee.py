@@ -45,7 +45,7 @@ def test_images_are_independent_and_batched():
         assert torch.equal(together[i], histogram_error_estimation(errors[i : i + 1])[0])
 
 
-@pytest.mark.parametrize("method", ["ae", "daad"])
+@pytest.mark.parametrize("method", ["ae", "daad", "pmb"])
 def test_hee_in_a_model_exports_with_parity(method, tmp_path):
     pytest.importorskip("onnxruntime")
     from defectmap.config import apply_overrides

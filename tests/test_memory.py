@@ -47,3 +47,22 @@ def test_block_memory_reads_memory_items_back():
     rebuilt, weights = module(features)
     assert weights.shape == (8, 4)
     torch.testing.assert_close(rebuilt, features, atol=1e-3, rtol=0)
+
+
+def test_partition_memory_bank_reads_each_cell_from_its_own_memory():
+    from defectmap.models.pmb import PartitionMemoryBank
+
+    torch.manual_seed(0)
+    bank = PartitionMemoryBank(channels=3, grid=2, items=2, kernel=1, temperature=0.1)
+    bank.shrink = 0.0  # (two tied weights of 1/2 would both be shrunk away at lambda = 1/N)
+    with torch.no_grad():
+        bank.items[:, 1] = bank.items[:, 0]  # each memory holds one distinct item (twice)
+    features = torch.randn(2, 3, 4, 6)
+    read, weights = bank(features)
+    assert read.shape == features.shape and weights.shape == (4, 2 * 2 * 3, 2)
+    # every pixel of a cell reads exactly that cell's item, whatever its addressing weights
+    items = bank.items.detach()  # (G*G, 2, C): cells in row-major order
+    for cell, (ys, xs) in enumerate([(slice(0, 2), slice(0, 3)), (slice(0, 2), slice(3, 6)),
+                                     (slice(2, 4), slice(0, 3)), (slice(2, 4), slice(3, 6))]):  # fmt: skip
+        expected = items[cell, 0][None, :, None, None].expand(2, 3, 2, 3)
+        torch.testing.assert_close(read[:, :, ys, xs], expected)

@@ -3,10 +3,12 @@
 from defectmap.models.ae import Autoencoder
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.daad import DAAD
+from defectmap.models.pmb import PMB
 
 MODELS: dict[str, type[AnomalyModel]] = {
     "ae": Autoencoder,
     "daad": DAAD,
+    "pmb": PMB,
 }
 
 __all__ = ["MODELS", "AnomalyModel", "Output"]

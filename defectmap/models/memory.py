@@ -16,6 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def address(queries: torch.Tensor, items: torch.Tensor, temperature: float, shrink: float) -> torch.Tensor:
+    """Addressing weights (..., Q, N) of queries (..., Q, D) over items (..., N, D); leading dims batch memories."""
+    # Cosine similarity (MemAE's paper; its code used a dot product) sharpened by a temperature.
+    similarity = F.normalize(queries, dim=-1) @ F.normalize(items, dim=-1).transpose(-1, -2)
+    weights = torch.softmax(similarity / temperature, dim=-1)
+    if shrink > 0:
+        shifted = weights - shrink
+        weights = F.relu(shifted) * weights / (shifted.abs() + 1e-12)
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    return weights
+
+
 class Memory(nn.Module):
     """N items of dimension D; `forward(queries (Q, D)) -> (read-out (Q, D), weights (Q, N))`."""
 
@@ -26,14 +38,7 @@ class Memory(nn.Module):
         self.shrink = 1.0 / items if shrink is None else shrink  # MemAE's lambda, in [1/N, 3/N]
 
     def address(self, queries: torch.Tensor) -> torch.Tensor:
-        # Cosine similarity (MemAE's paper; its code used a dot product) sharpened by a temperature.
-        similarity = F.normalize(queries, dim=1) @ F.normalize(self.items, dim=1).t()  # (Q, N)
-        weights = torch.softmax(similarity / self.temperature, dim=1)
-        if self.shrink > 0:
-            shifted = weights - self.shrink
-            weights = F.relu(shifted) * weights / (shifted.abs() + 1e-12)
-            weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
-        return weights
+        return address(queries, self.items, self.temperature, self.shrink)
 
     def forward(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.address(queries)

@@ -1,0 +1,142 @@
+"""PMB: Partition Memory Bank autoencoder (Xing and Li, IEEE TCSVT 33(8), 2023, arXiv 2209.12441).
+
+Skip features are partitioned into a G x G spatial grid and every cell has its own memory of normal
+features, so a query is rebuilt from what is normal *at that place*; queries come from a k x k
+convolution so they carry their neighbourhood (context-keeping queries). Memory skips and plain
+skips alternate across decoder levels (or, with `alternate_per_step`, per training step), so
+normal detail passes while anomalies are rebuilt badly. Histogram Error Estimation is the
+`postprocess.hee` filter (hee.py). The paper's full text was not available: grid, kernel, memory size
+and the alternation pattern below are [ours] (METHODS.md) and config fields.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectmap.models.ae import down_block, reconstruction_error
+from defectmap.models.base import AnomalyModel, Output
+from defectmap.models.daad import DecoderStage
+from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
+from defectmap.models.memory import address, addressing_entropy
+
+
+@dataclass
+class PMBConfig:
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # one stride-2 encoder stage each
+    latent_channels: int = 32  # 1x1 bottleneck width of the deepest stage
+    # Skip type per level below the deepest (level 0 = shallowest): "pmb", "plain" or "none".
+    skips: tuple[str, ...] = ("pmb", "plain", "pmb")
+    alternate_per_step: bool = False  # training: each step, each pmb/plain level draws its type at random
+    grid: int = 4  # G x G partitions per memory level, one memory each
+    query_kernel: int = 3  # k x k convolution forming context-keeping queries
+    memory_items: int = 64  # items per partition memory
+    temperature: float = 0.1
+    entropy_weight: float = 2e-4
+    smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
+
+
+class PartitionMemoryBank(nn.Module):
+    """G x G partitions of a feature map, each read from its own memory with k x k context queries."""
+
+    def __init__(self, *, channels: int, grid: int, items: int, kernel: int, temperature: float):
+        super().__init__()
+        self.grid, self.temperature, self.shrink = grid, temperature, 1.0 / items
+        self.query = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.items = nn.Parameter(torch.randn(grid * grid, items, channels) / channels**0.5)  # (G*G, N, C)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = features.shape
+        g = self.grid
+        if h % g or w % g:
+            raise ValueError(f"feature map {h}x{w} is not divisible by the partition grid {g}")
+        queries = self.query(features).reshape(b, c, g, h // g, g, w // g)
+        queries = queries.permute(2, 4, 0, 3, 5, 1).reshape(g * g, -1, c)  # (G*G, B*h'*w', C) per cell
+        weights = address(queries, self.items, self.temperature, self.shrink)  # (G*G, Q, N)
+        read = (weights @ self.items).reshape(g, g, b, h // g, w // g, c).permute(2, 5, 0, 3, 1, 4)
+        return read.reshape(b, c, h, w), weights
+
+
+class PMB(AnomalyModel):
+    Config = PMBConfig
+
+    def __init__(self, cfg: PMBConfig, post: PostprocessConfig | None = None):
+        super().__init__()
+        if len(cfg.skips) != len(cfg.channels) - 1 or not set(cfg.skips) <= {"pmb", "plain", "none"}:
+            raise ValueError(f"model.skips needs {len(cfg.channels) - 1} entries of pmb, plain or none")
+        self.cfg = cfg
+        widths = (3, *cfg.channels)
+        self.encoder = nn.ModuleList(down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        deepest = cfg.channels[-1]
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(deepest, cfg.latent_channels, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(cfg.latent_channels, deepest, 1),
+            nn.ReLU(inplace=True),
+        )
+        self.banks = nn.ModuleDict(
+            {
+                str(level): PartitionMemoryBank(
+                    channels=cfg.channels[level],
+                    grid=cfg.grid,
+                    items=cfg.memory_items,
+                    kernel=cfg.query_kernel,
+                    temperature=cfg.temperature,
+                )  # fmt: skip
+                for level, kind in enumerate(cfg.skips)
+                if kind == "pmb" or (kind == "plain" and cfg.alternate_per_step)
+            }
+        )
+        self.decoder = nn.ModuleList(
+            DecoderStage(
+                cfg.channels[level + 1], 0 if cfg.skips[level] == "none" else cfg.channels[level], cfg.channels[level]
+            )  # fmt: skip
+            for level in range(len(cfg.channels) - 2, -1, -1)
+        )
+        self.head = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(cfg.channels[0], 3, 3, padding=1),
+        )
+        self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
+
+    def _skip_kind(self, level: int) -> str:
+        kind = self.cfg.skips[level]
+        if self.training and self.cfg.alternate_per_step and kind in ("pmb", "plain"):
+            return "pmb" if torch.rand(()) < 0.5 else "plain"
+        return kind
+
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(reconstruction (B, 3, H, W), addressing weights of the memory levels used)."""
+        features, x = [], images
+        for stage in self.encoder:
+            x = stage(x)
+            features.append(x)
+        x = self.bottleneck(features[-1])
+        weights = []
+        for stage, level in zip(self.decoder, range(len(features) - 2, -1, -1), strict=True):
+            kind, skip = self._skip_kind(level), None
+            if kind == "pmb":
+                skip, w = self.banks[str(level)](features[level])
+                weights.append(w)
+            elif kind == "plain":
+                skip = features[level]
+            x = stage(x, skip)
+        return torch.sigmoid(self.head(x)), weights
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        recon, weights = self.reconstruct(images)
+        losses = {"mse": F.mse_loss(recon, images)}
+        losses["entropy"] = (
+            torch.stack([addressing_entropy(w.flatten(0, 1)) for w in weights]).mean()
+            if weights
+            else recon.new_zeros(())
+        )
+        losses["loss"] = losses["mse"] + self.cfg.entropy_weight * losses["entropy"]
+        return losses
+
+    def forward(self, images: torch.Tensor) -> Output:
+        recon, _ = self.reconstruct(images)
+        maps = self.error_filter(reconstruction_error(images, recon, "l2"))  # (B, H, W)
+        return Output(maps.flatten(1).amax(1), maps)
