@@ -49,6 +49,8 @@ class TrainConfig:
     false_reject_rate: float = 0.01  # share of held-out good images above the threshold
     checkpoint_every: int = 200  # steps between training-state saves to last.ckpt (also saved every epoch)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns, slower on GPU
+    amp: str = "off"  # mixed precision: off | bf16 | fp16 (CUDA, with gradient scaling)
+    channels_last: bool = False  # NHWC memory layout, faster convolutions on recent GPUs
 
 
 @dataclass

@@ -1,0 +1,34 @@
+"""Training options: mixed precision and channels-last run and change the arithmetic; bad values are clear."""
+
+import pytest
+import torch
+
+from defectmap import training
+from defectmap.config import apply_overrides
+from defectmap.errors import DefectmapError
+from tests.conftest import tiny_config
+
+
+def trained_weights(root, out, **train):
+    cfg = tiny_config("ae", root, epochs=1)
+    apply_overrides(cfg, {"train": train})
+    return torch.load(training.fit(cfg, out, progress=False), weights_only=True)["state_dict"]
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tiny_dataset, tmp_path):
+    plain = trained_weights(tiny_dataset, tmp_path / "plain")
+    bf16 = trained_weights(tiny_dataset, tmp_path / "bf16", amp="bf16")
+    nhwc = trained_weights(tiny_dataset, tmp_path / "nhwc", channels_last=True)
+    assert all(torch.isfinite(v.float()).all() for v in bf16.values())
+    weights = [k for k, v in plain.items() if v.is_floating_point()]
+    assert any(not torch.equal(plain[k], bf16[k]) for k in weights)  # autocast really ran in bf16
+    for k in weights:
+        torch.testing.assert_close(nhwc[k], plain[k], atol=1e-5, rtol=1e-4)  # same maths, other layout
+
+
+@pytest.mark.parametrize("amp,message", [("fp16", "needs a CUDA device"), ("fp8", "must be off, bf16 or fp16")])
+def test_bad_amp_settings(tiny_dataset, tmp_path, amp, message):
+    if amp == "fp16" and torch.cuda.is_available():
+        pytest.skip("fp16 is valid where CUDA is present")
+    with pytest.raises(DefectmapError, match=message):
+        trained_weights(tiny_dataset, tmp_path / "x", amp=amp)
