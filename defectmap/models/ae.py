@@ -49,6 +49,30 @@ def up_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def encoder_stages(channels: tuple[int, ...]) -> list[nn.Sequential]:
+    """One stride-2 `down_block` per width, from RGB input."""
+    widths = (3, *channels)
+    return [down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+
+
+def bottleneck_block(channels: int, latent: int) -> nn.Sequential:
+    """1x1 squeeze to `latent` channels and back: the information limit of the deepest level."""
+    return nn.Sequential(
+        nn.Conv2d(channels, latent, 1),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(latent, channels, 1),
+        nn.ReLU(inplace=True),
+    )
+
+
+def output_head(channels: int) -> nn.Sequential:
+    """The last upsampling to full resolution with a single light convolution (full-resolution convs dominate
+    CPU cost), to RGB logits."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(channels, 3, 3, padding=1)
+    )
+
+
 def reconstruction_error(images: torch.Tensor, recon: torch.Tensor, kind: str) -> torch.Tensor:
     """(B, H, W) per-pixel error between images and their reconstructions."""
     if kind == "l2":
@@ -65,19 +89,11 @@ class Autoencoder(AnomalyModel):
         super().__init__()
         self.cfg = cfg
         widths = (3, *cfg.channels)
-        self.encoder = nn.Sequential(*[down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
-        self.bottleneck = nn.Sequential(
-            nn.Conv2d(widths[-1], cfg.latent_channels, 1),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(cfg.latent_channels, widths[-1], 1),
-            nn.ReLU(inplace=True),
-        )
+        self.encoder = nn.Sequential(*encoder_stages(cfg.channels))
+        self.bottleneck = bottleneck_block(widths[-1], cfg.latent_channels)
         rev = widths[::-1][:-1]  # (256, 128, 64, 32)
         self.decoder = nn.Sequential(*[up_block(a, b) for a, b in zip(rev[:-1], rev[1:], strict=True)])
-        # The last upsampling step has a single light convolution: full-resolution convs dominate CPU cost.
-        self.head = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(rev[-1], 3, 3, padding=1)
-        )
+        self.head = output_head(rev[-1])
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:

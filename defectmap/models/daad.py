@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from defectmap.models.ae import down_block, reconstruction_error
+from defectmap.models.ae import bottleneck_block, encoder_stages, output_head, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.memory import BlockMemory, addressing_entropy
@@ -91,15 +91,8 @@ class DAAD(AnomalyModel):
         if any(level >= len(cfg.channels) - 1 for level in cfg.memory_levels):
             raise ValueError(f"model.memory_levels must be below the deepest level {len(cfg.channels) - 1}")
         self.cfg = cfg
-        widths = (3, *cfg.channels)
-        self.encoder = nn.ModuleList(down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        deepest = cfg.channels[-1]
-        self.bottleneck = nn.Sequential(
-            nn.Conv2d(deepest, cfg.latent_channels, 1),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(cfg.latent_channels, deepest, 1),
-            nn.ReLU(inplace=True),
-        )
+        self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
+        self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)
         self.memories = nn.ModuleDict(
             {
                 str(level): BlockMemory(
@@ -112,10 +105,7 @@ class DAAD(AnomalyModel):
         for level in range(len(cfg.channels) - 2, -1, -1):  # stage producing level `level`'s resolution
             skip = cfg.channels[level] if level in cfg.memory_levels else 0
             self.decoder.append(DecoderStage(cfg.channels[level + 1], skip, cfg.channels[level]))
-        self.head = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            nn.Conv2d(cfg.channels[0], 3, 3, padding=1),
-        )
+        self.head = output_head(cfg.channels[0])
         self.discriminator = Discriminator(cfg.discriminator_channels) if cfg.adversarial else None
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
         # Image-score statistics of normal validation images: (map max, latent distance) mean and std.

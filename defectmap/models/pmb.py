@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectmap.models.ae import down_block, reconstruction_error
+from defectmap.models.ae import bottleneck_block, encoder_stages, output_head, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.daad import DecoderStage
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
@@ -66,15 +66,8 @@ class PMB(AnomalyModel):
         if len(cfg.skips) != len(cfg.channels) - 1 or not set(cfg.skips) <= {"pmb", "plain", "none"}:
             raise ValueError(f"model.skips needs {len(cfg.channels) - 1} entries of pmb, plain or none")
         self.cfg = cfg
-        widths = (3, *cfg.channels)
-        self.encoder = nn.ModuleList(down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        deepest = cfg.channels[-1]
-        self.bottleneck = nn.Sequential(
-            nn.Conv2d(deepest, cfg.latent_channels, 1),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(cfg.latent_channels, deepest, 1),
-            nn.ReLU(inplace=True),
-        )
+        self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
+        self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)
         self.banks = nn.ModuleDict(
             {
                 str(level): PartitionMemoryBank(
@@ -94,10 +87,7 @@ class PMB(AnomalyModel):
             )  # fmt: skip
             for level in range(len(cfg.channels) - 2, -1, -1)
         )
-        self.head = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            nn.Conv2d(cfg.channels[0], 3, 3, padding=1),
-        )
+        self.head = output_head(cfg.channels[0])
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
 
     def _skip_kind(self, level: int) -> str:
