@@ -146,6 +146,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"checkpoint and metrics.json in {out / 'run'}")
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    from defectmap.data.examples import write_synthetic_examples
+
+    cfg = build_config(None, None, args.set, root=args.data, category=args.category, texture_dir=args.textures)
+    kinds = tuple(k.strip() for k in args.kinds.split(","))
+    paths = write_synthetic_examples(cfg.data, args.out, args.n, args.seed, kinds, progress=not args.quiet)
+    print(f"wrote {len(paths)} panels (normal | anomalous | mask) to {args.out}")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     for name, cls in MODELS.items():
         doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
@@ -246,6 +255,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     common(p)
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("synth", help="write examples of synthetic (and few-shot real) training anomalies")
+    p.add_argument("--data", required=True)
+    p.add_argument("--category")
+    p.add_argument("--out", required=True)
+    p.add_argument("-n", type=int, default=16, help="number of examples")
+    p.add_argument("--kinds", default="perlin,cutpaste,scar", help="comma-separated synthetic kinds")
+    p.add_argument("--textures", help="texture folder for perlin anomalies (e.g. DTD); default: procedural")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.anomalies=10")
+    common(p)
+    p.set_defaults(handler=cmd_synth)
 
     p = sub.add_parser("models", help="list the available methods")
     p.set_defaults(handler=cmd_models)

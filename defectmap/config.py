@@ -28,6 +28,12 @@ class DataConfig:
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
     tile: int = 0  # test/predict: score overlapping tile x tile windows of the original image (0: whole image)
     tile_overlap: int = 32  # pixels shared by neighbouring tiles
+    # Few-shot protocol (models that learn from anomalies, e.g. prn): k real anomalies drawn from the test
+    # split with anomaly_seed, used for training and removed from evaluation.
+    anomalies: int = 0
+    anomaly_seed: int = 0
+    texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
+    foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks
     good_dir: str = ""
     test_good_dir: str = ""
@@ -167,6 +173,7 @@ def resolve_config(values: dict[str, Any], method: str | None = None) -> Config:
     if method not in MODELS:
         raise ConfigError(f"unknown model '{method}'; available: {', '.join(MODELS)}")
     cfg = Config(method=method, model=MODELS[method].Config())
+    apply_overrides(cfg, {"train": dict(MODELS[method].train_defaults)})  # the method's own recipe, then the user's
     apply_overrides(cfg, values)
     return cfg
 

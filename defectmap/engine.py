@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -210,6 +211,12 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "defects_missed": int(((scores_np <= threshold) & (labels_np == 1)).sum()),
         "inference_images_per_s": len(labels) / max(outputs["seconds"], 1e-9),
         "notes": list(category.notes),
+        "model": dataclasses.asdict(detector.config.model),  # e.g. which backbone, and whether pretrained
+        "training_anomalies": {
+            "count": len(category.anomalies),
+            "seed": detector.config.data.anomaly_seed,
+            "paths": [str(s.path) for s in category.anomalies],
+        },  # fmt: skip
         "images": [
             {"path": str(category.test[i].path), "defect": category.test[i].defect, "label": label, "score": score}
             for i, (label, score) in enumerate(zip(labels, scores, strict=True))

@@ -4,6 +4,7 @@ import copy
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,10 +14,11 @@ from tqdm.auto import tqdm
 from defectmap import distributed
 from defectmap.checkpoint import atomic_write, save_checkpoint
 from defectmap.config import Config, config_to_dict, resolve_config
-from defectmap.data.dataset import ImageDataset
+from defectmap.data.dataset import AnomalyMixDataset, ImageDataset, load_foregrounds
 from defectmap.data.mvtec import CategoryData, open_category
+from defectmap.data.synthetic import load_textures
 from defectmap.engine import build_model, calibrate_on_validation, resolve_device, seed_everything
-from defectmap.errors import DefectmapError
+from defectmap.errors import ConfigError, DefectmapError
 from defectmap.models import AnomalyModel
 from defectmap.resume import (
     StopSignals,
@@ -50,6 +52,32 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
             for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False):
                 dataset[i]
     return train_set, val_set
+
+
+def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, train_set, val_set):
+    """What the loop trains and early-stops on: normal images, or for models that learn from anomalies
+    (`model.anomaly_mix`) an anomaly mix, with a fixed synthetic one on the validation normals."""
+    mix = model.anomaly_mix
+    if mix is None:
+        if cfg.data.anomalies:
+            raise ConfigError(f"data.anomalies: {cfg.method} learns from normal images only; set it to 0")
+        return train_set, val_set
+    data = cfg.data
+    textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []
+    anomalies = None
+    if category.anomalies:
+        anomalies = ImageDataset(category.anomalies, data.image_size, cache=True, max_pixels=data.max_pixels)
+    foregrounds = load_foregrounds(data.foreground_dir, train_set) if data.foreground_dir else None
+    train_mix = AnomalyMixDataset(train_set, mix, cfg.train.seed, textures, anomalies, foregrounds)
+    # Checkpoints are chosen on validation normals with synthetic anomalies only: never on test images.
+    val_mix = AnomalyMixDataset(val_set, replace(mix, real_share=0.0), cfg.train.seed + 1, textures, fixed=True)
+    return train_mix, val_mix
+
+
+def training_anomalies(cfg: Config, category: CategoryData) -> dict:
+    """The real anomalies a run trained on (recorded in the checkpoint and metrics.json)."""
+    return {"count": len(category.anomalies), "seed": cfg.data.anomaly_seed,
+            "paths": [str(s.path) for s in category.anomalies]}  # fmt: skip
 
 
 def _mixed_precision(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -89,9 +117,13 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if world > 1:
         model = distributed.convert_batchnorm(model)
         distributed.broadcast_state(model)
+    fit_set, val_loss_set = _training_sets(cfg, category, model, train_set, val_set)
     batch_size = min(cfg.train.batch_size, len(train_set))
     val_loader = DataLoader(val_set, batch_size=cfg.train.eval_batch_size)
+    val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     model.prepare(batch["image"].to(device) for batch in DataLoader(train_set, batch_size=cfg.train.eval_batch_size))
+    if world > 1:
+        distributed.broadcast_state(model)  # prototypes and memories fitted in prepare: rank 0's everywhere
     groups = model.optimizer_groups()
     optimizers = {
         name: torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -110,7 +142,9 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
             model.train()
             order = epoch_order(len(train_set), cfg.train.seed, epoch)[state.step_in_epoch * batch_size :]
             order = distributed.shard_batches(order, batch_size, rank, world)
-            loader = DataLoader(train_set, batch_size=batch_size // world, sampler=order,
+            if isinstance(fit_set, AnomalyMixDataset):
+                fit_set.epoch = epoch  # new anomalies every epoch, reproducibly
+            loader = DataLoader(fit_set, batch_size=batch_size // world, sampler=order,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")  # fmt: skip
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
             seen, epoch_start = 0, time.perf_counter()
@@ -152,7 +186,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                         f"stopped by {signals.received} at step {state.global_step}; state saved to "
                         f"{out / 'last.ckpt'}: continue with `defectmap train --out {out} --resume`"
                     )
-            val_loss = _validation_loss(model, val_loader, device)
+            val_loss = _validation_loss(model, val_loss_loader, device)
             if not math.isfinite(val_loss):
                 raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
             state.history.append(
@@ -195,6 +229,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         calibration=calibration,
         category=category.name,
         history=state.history,
+        training_anomalies=training_anomalies(cfg, category),
     )
     atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(state.history, indent=2)))
     distributed.teardown()

@@ -31,6 +31,16 @@ TINY_MODEL = {
         "memory_items": 8,
         "smoothing_sigma": 1.0,
     },
+    "prn": {
+        "backbone": "resnet18",
+        "pretrained": False,
+        "width": 8,
+        "attention_layers": 1,
+        "decoder_channels": [8, 8, 8, 8],
+        "max_prototypes": 3,
+        "smoothing_sigma": 1.0,
+        "top_k": 10,
+    },
 }
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from defectmap.config import DataConfig
 from defectmap.data.images import is_image_file
-from defectmap.data.mvtec import CategoryData, Sample, _find_mask, _images_in, _split_validation
+from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, find_mask
 from defectmap.errors import DataError
 
 
@@ -60,7 +60,7 @@ def open_btad(cfg: DataConfig) -> CategoryData:
     good = _images_in(base / "train" / "ok") if (base / "train" / "ok").is_dir() else []
     test = [Sample(p, 0) for p in _images_in(base / "test" / "ok")] if (base / "test" / "ok").is_dir() else []
     for path in _images_in(base / "test" / "ko") if (base / "test" / "ko").is_dir() else []:
-        mask = _find_mask(base / "ground_truth" / "ko", path.stem)
+        mask = find_mask(base / "ground_truth" / "ko", path.stem)
         if mask is None:
             raise DataError(f"no mask for {path} in {base / 'ground_truth' / 'ko'}")
         test.append(Sample(path, 1, "ko", mask))

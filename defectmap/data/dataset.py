@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from defectmap.data.images import load_image, load_mask
-from defectmap.data.mvtec import Sample
+from defectmap.data.mvtec import Sample, find_mask
+from defectmap.data.synthetic import (
+    SYNTHETIC_KINDS,
+    AnomalyMix,
+    extended_anomaly,
+    item_generator,
+    otsu_foreground,
+    synthesize,
+)
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.errors import DataError
 
@@ -78,3 +88,69 @@ def collate(items: list[dict]) -> tuple[dict | None, list[dict]]:
     """(batch of readable items or None, list of {"index", "error"} for unreadable ones)."""
     good = [item for item in items if "error" not in item]
     return (default_collate(good) if good else None), [item for item in items if "error" in item]
+
+
+class AnomalyMixDataset(Dataset):
+    """Normal items turned, with the shares of `mix`, into real, extended or synthetic anomalies.
+
+    Every item draws from its own generator seeded by (seed, epoch, index), so an epoch is reproducible
+    and resumable; `fixed=True` ignores the epoch (a validation set that never changes). Items keep the
+    ImageDataset keys; `mask` marks the anomalous pixels and `label` is 1 when any pixel is marked.
+    """
+
+    def __init__(
+        self,
+        normals: ImageDataset,
+        mix: AnomalyMix,
+        seed: int,
+        textures: list[torch.Tensor] | None = None,
+        anomalies: ImageDataset | None = None,
+        foregrounds: list[torch.Tensor | None] | None = None,
+        fixed: bool = False,
+    ):
+        for kind in mix.synthetic_kinds:
+            if kind not in SYNTHETIC_KINDS:
+                raise DataError(f"unknown synthetic anomaly '{kind}'; available: {', '.join(SYNTHETIC_KINDS)}")
+        if not mix.synthetic_kinds and (anomalies is None or mix.real_share < 1 - mix.normal_share):
+            raise DataError("no synthetic anomaly kinds and not enough real anomalies to fill the training mix")
+        self.normals, self.mix, self.seed = normals, mix, seed
+        self.textures, self.anomalies, self.foregrounds = textures or [], anomalies, foregrounds
+        self.fixed = fixed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.normals)
+
+    def __getitem__(self, index: int) -> dict:
+        generator = item_generator(self.seed, 0 if self.fixed else self.epoch, index)
+        item = dict(self.normals[index])
+        image = item["image"]
+        draw = float(torch.rand((), generator=generator))
+        if draw < self.mix.normal_share:
+            return item
+        if self.anomalies is not None and draw < self.mix.normal_share + self.mix.real_share:
+            real = self.anomalies[int(torch.randint(len(self.anomalies), (), generator=generator))]
+            if float(torch.rand((), generator=generator)) < 0.5:  # the real anomaly itself, maybe mirrored
+                flip = float(torch.rand((), generator=generator)) < 0.5
+                image, mask = (real["image"].flip(2), real["mask"].flip(1)) if flip else (real["image"], real["mask"])
+            else:
+                foreground = self.foregrounds[index] if self.foregrounds else otsu_foreground(image)
+                image, mask = extended_anomaly(image, real["image"], real["mask"], generator, foreground)
+        else:
+            kinds = self.mix.synthetic_kinds
+            kind = kinds[int(torch.randint(len(kinds), (), generator=generator))]
+            image, mask = synthesize(image, kind, generator, self.textures, self.mix.beta_max)
+        item.update(image=image.float().contiguous(), mask=mask.float(), label=torch.tensor(int(mask.any())))
+        return item
+
+
+def load_foregrounds(folder: str, normals: ImageDataset) -> list[torch.Tensor]:
+    """Foreground masks (where defects may be pasted) for every normal image, paired by name from `folder`."""
+    masks = []
+    for sample in normals.samples:
+        path = find_mask(Path(folder), sample.path.stem)
+        if path is None:
+            raise DataError(f"no foreground mask for {sample.path.name} in {folder}: expected {sample.path.stem}.png")
+        size = normals[len(masks)]["size"].tolist()
+        masks.append(resize_mask(load_mask(path, tuple(size), normals.max_pixels), normals.image_size))
+    return masks

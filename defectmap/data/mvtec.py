@@ -31,13 +31,14 @@ class CategoryData:
     test: list[Sample]
     has_masks: bool
     notes: list[str] = field(default_factory=list)
+    anomalies: list[Sample] = field(default_factory=list)  # real anomalies for training, not in `test`
 
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
-def _find_mask(mask_folder: Path, stem: str) -> Path | None:
+def find_mask(mask_folder: Path, stem: str) -> Path | None:
     for name in (f"{stem}_mask", stem, f"{stem}_GT", f"{stem}_gt"):
         for suffix in IMAGE_SUFFIXES:
             candidate = mask_folder / f"{name}{suffix}"
@@ -71,7 +72,7 @@ def _test_samples(root: Path, defect_dirs: list[Path], gt_root: Path | None) -> 
                 continue
             mask = None
             if gt_root is not None:
-                mask = _find_mask(gt_root / defect, path.stem)
+                mask = find_mask(gt_root / defect, path.stem)
                 if mask is None:
                     raise DataError(f"no mask for {path}: expected {gt_root / defect / (path.stem + '_mask.png')}")
             samples.append(Sample(path, 1, defect, mask))
@@ -133,7 +134,7 @@ def open_folder(cfg: DataConfig) -> CategoryData:
         for path in _images_in(defect_dir):
             mask = None
             if cfg.mask_dir:
-                mask = _find_mask(Path(cfg.mask_dir), path.stem)
+                mask = find_mask(Path(cfg.mask_dir), path.stem)
                 if mask is None:
                     raise DataError(f"no mask for {path} in {cfg.mask_dir}: expected {path.stem}_mask.png")
             test.append(Sample(path, 1, "defect", mask))
@@ -157,4 +158,20 @@ def open_category(cfg: DataConfig) -> CategoryData:
     name = detect_format(cfg) if cfg.format == "auto" else cfg.format
     if name not in formats:
         raise DataError(f"unknown data.format '{cfg.format}'; available: auto, {', '.join(formats)}")
-    return formats[name](cfg)
+    category = formats[name](cfg)
+    if cfg.anomalies:
+        hold_out_anomalies(category, cfg.anomalies, cfg.anomaly_seed)
+    return category
+
+
+def hold_out_anomalies(category: CategoryData, k: int, seed: int) -> None:
+    """Move k seeded-random defective test images (with masks) to `category.anomalies`, out of the test set."""
+    candidates = [s for s in category.test if s.label == 1 and s.mask_path is not None]
+    if k < 0 or k > len(candidates):
+        raise DataError(
+            f"data.anomalies={k}, but {category.name} has {len(candidates)} defective test images with masks"
+        )
+    chosen = {s.path for s in random.Random(seed).sample(candidates, k)}
+    category.anomalies = [s for s in category.test if s.path in chosen]
+    category.test = [s for s in category.test if s.path not in chosen]
+    category.notes.append(f"{k} real anomalies (seed {seed}) used for training and removed from the test set")

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from defectmap.data.synthetic import AnomalyMix
+
 
 class Output(NamedTuple):
     score: torch.Tensor  # (B,) image anomaly score, higher is more anomalous
@@ -20,6 +22,11 @@ class AnomalyModel(nn.Module):
     `images` are (B, 3, S, S) floats in [0, 1] (the shared pre-processing); `batch` is the dataset's dict.
     Data-dependent state is kept in registered buffers so checkpoints and `.to()` carry it.
     """
+
+    # Set by models that learn from anomalies (PRN): the engine then trains on an AnomalyMixDataset.
+    anomaly_mix: AnomalyMix | None = None
+    # Training settings this method needs other than TrainConfig's defaults (the user's values still win).
+    train_defaults: dict = {}
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Loss name -> parameters it updates; the engine steps one optimizer per entry, in order."""

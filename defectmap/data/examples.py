@@ -1,0 +1,50 @@
+"""`defectmap synth`: write examples of the anomalies a model trains on, so users can look at them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from defectmap.config import DataConfig
+from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
+from defectmap.data.mvtec import open_category
+from defectmap.data.synthetic import SYNTHETIC_KINDS, AnomalyMix, load_textures
+from defectmap.errors import DataError
+
+
+def _png(array: torch.Tensor, path: Path) -> None:
+    pixels = (array.clamp(0, 1) * 255).round().to(torch.uint8)
+    image = pixels.permute(1, 2, 0).numpy() if pixels.ndim == 3 else pixels.numpy()
+    Image.fromarray(np.ascontiguousarray(image)).save(path)
+
+
+def write_synthetic_examples(
+    data: DataConfig, out_dir: str | Path, count: int = 16, seed: int = 0,
+    kinds: tuple[str, ...] = SYNTHETIC_KINDS, progress: bool = True,
+) -> list[Path]:  # fmt: skip
+    """`count` panels (normal | anomalous | mask) in `out_dir`; with data.anomalies, half use the real ones."""
+    if count < 1:
+        raise DataError(f"-n must be at least 1, got {count}")
+    category = open_category(data)
+    normals = ImageDataset(category.train, data.image_size, max_pixels=data.max_pixels)
+    textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []
+    anomalies = ImageDataset(category.anomalies, data.image_size) if category.anomalies else None
+    mix = AnomalyMix(normal_share=0.0, real_share=0.5 if anomalies else 0.0, synthetic_kinds=kinds)
+    examples = AnomalyMixDataset(normals, mix, seed, textures, anomalies)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in tqdm(range(count), desc="synthesising", disable=not progress):
+        index = i % len(normals)
+        examples.epoch = i // len(normals)
+        item = examples[index]
+        mask = item["mask"][None].expand(3, -1, -1)
+        panel = torch.cat([normals[index]["image"], item["image"], mask], dim=2)
+        path = out / f"{i:03d}_{category.train[index].path.stem}.png"
+        _png(panel, path)
+        paths.append(path)
+    return paths

