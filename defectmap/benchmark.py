@@ -38,7 +38,9 @@ def run_one(model: str, root: Path, category: str, seed: int, sets: list[str], r
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text())
-    cfg = build_config(model, None, [*sets, f"train.seed={seed}"], root=str(root), category=category)
+    # The seed also draws the few-shot anomalies (data.anomalies > 0), unless --set names another.
+    sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
+    cfg = build_config(model, None, sets, root=str(root), category=category)
     start = time.perf_counter()
     checkpoint = training.fit(cfg, run_dir, progress=False)
     train_seconds = time.perf_counter() - start

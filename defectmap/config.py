@@ -57,6 +57,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns, slower on GPU
     amp: str = "off"  # mixed precision: off | bf16 | fp16 (CUDA, with gradient scaling)
     channels_last: bool = False  # NHWC memory layout, faster convolutions on recent GPUs
+    compile: bool = False  # torch.compile the training step (model.loss); the first steps pay for compilation
 
 
 @dataclass

@@ -19,6 +19,7 @@ from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
 from defectmap.engine import build_model, calibrate_on_validation, resolve_device, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
+from defectmap.granularity import choose_granularity
 from defectmap.models import AnomalyModel
 from defectmap.resume import (
     StopSignals,
@@ -109,6 +110,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         saved = load_training_state(out / "last.ckpt")
         cfg = resolve_config(saved["config"])
     category = open_category(cfg.data)
+    if getattr(cfg.model, "granularity", None) == "auto":  # DAAD's block size, chosen on synthetic anomalies
+        cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     device = distributed.local_device(rank, resolve_device(cfg.train.device))
@@ -133,6 +136,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     amp_dtype, scaler = _mixed_precision(cfg.train.amp, device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    loss_fn = torch.compile(model.loss) if cfg.train.compile else model.loss
     state = TrainState()
     if resume:
         state = restore_training_state(saved, model, optimizers)
@@ -153,7 +157,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 if cfg.train.channels_last:
                     batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    losses = model.loss(batch)
+                    losses = loss_fn(batch)
                 # One optimizer per loss (e.g. generator, then discriminator); earlier graphs kept for later ones.
                 for i, (name, optimizer) in enumerate(optimizers.items()):
                     optimizer.zero_grad(set_to_none=True)

@@ -73,3 +73,22 @@ def test_same_seed_same_model(method):
     torch.manual_seed(124)
     other = build_model(tiny_config(method)).eval()(images).anomaly_map
     assert not torch.equal(outputs[0], other)
+
+
+def test_daad_auto_granularity_picks_a_scale_on_synthetic_anomalies(tiny_dataset, tmp_path):
+    import json
+
+    from defectmap import training
+    from defectmap.config import apply_overrides
+
+    cfg = tiny_config("daad", tiny_dataset)
+    apply_overrides(cfg, {"data": {"val_fraction": 0.5}, "model": {"granularity": "auto", "auto_scales": [1, 4],
+                                                                    "auto_epochs": 1}})  # fmt: skip
+    ckpt = training.fit(cfg, tmp_path / "run", progress=False)
+    record = json.loads((tmp_path / "run" / "granularity.json").read_text())
+    assert [t["scale"] for t in record["trials"]] == [1, 4]
+    assert all(0 <= t["image_auroc"] <= 1 and 0 <= t["pixel_auroc"] <= 1 for t in record["trials"])
+    best = max(record["trials"], key=lambda t: t["image_auroc"] + t["pixel_auroc"])
+    saved = torch.load(ckpt, weights_only=True)["config"]["model"]
+    assert saved["granularity"] == f"auto:{best['scale']}"
+    assert list(saved["block_sizes"]) == best["block_sizes"] == [max(1, best["scale"] // 2**lv) for lv in (0, 1)]

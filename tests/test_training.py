@@ -32,3 +32,12 @@ def test_bad_amp_settings(tiny_dataset, tmp_path, amp, message):
         pytest.skip("fp16 is valid where CUDA is present")
     with pytest.raises(DefectmapError, match=message):
         trained_weights(tiny_dataset, tmp_path / "x", amp=amp)
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager(tiny_dataset, tmp_path):
+    plain = trained_weights(tiny_dataset, tmp_path / "plain")
+    compiled = trained_weights(tiny_dataset, tmp_path / "compiled", compile=True)
+    for k, v in plain.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(compiled[k], v, atol=1e-4, rtol=1e-3)  # same maths, fused kernels

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from defectmap.errors import ConfigError
 from defectmap.models.ae import bottleneck_block, encoder_stages, output_head, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
@@ -33,6 +34,11 @@ class DAADConfig:
     # since a plain skip would carry anomalies straight to the output.
     memory_levels: tuple[int, ...] = (0, 1, 2)
     block_sizes: tuple[int, ...] = (8, 4, 2)  # per memory level; the default covers 16x16 input pixels at each
+    # manual: block_sizes as given | auto: short runs per auto_scales, the best on synthetic anomalies in
+    # the validation normals wins (defectmap/granularity.py); the run then records "auto:<scale>".
+    granularity: str = "manual"
+    auto_scales: tuple[int, ...] = (1, 2, 4, 8, 16)
+    auto_epochs: int = 5  # epochs of each trial run
     memory_items: tuple[int, ...] = (256, 256, 256)  # memory size per memory level
     temperature: float = 0.1  # of the cosine addressing softmax
     entropy_weight: float = 2e-4  # MemAE's sparse-addressing term
@@ -87,9 +93,11 @@ class DAAD(AnomalyModel):
     def __init__(self, cfg: DAADConfig, post: PostprocessConfig | None = None):
         super().__init__()
         if not len(cfg.memory_levels) == len(cfg.block_sizes) == len(cfg.memory_items):
-            raise ValueError("model.memory_levels, model.block_sizes and model.memory_items need equal lengths")
+            raise ConfigError("model.memory_levels, model.block_sizes and model.memory_items need equal lengths")
         if any(level >= len(cfg.channels) - 1 for level in cfg.memory_levels):
-            raise ValueError(f"model.memory_levels must be below the deepest level {len(cfg.channels) - 1}")
+            raise ConfigError(f"model.memory_levels must be below the deepest level {len(cfg.channels) - 1}")
+        if cfg.granularity not in ("manual", "auto") and not cfg.granularity.startswith("auto:"):
+            raise ConfigError(f"model.granularity must be manual or auto, got '{cfg.granularity}'")
         self.cfg = cfg
         self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
         self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)

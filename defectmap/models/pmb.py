@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectmap.errors import ConfigError
 from defectmap.models.ae import bottleneck_block, encoder_stages, output_head, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.daad import DecoderStage
@@ -50,7 +51,7 @@ class PartitionMemoryBank(nn.Module):
         b, c, h, w = features.shape
         g = self.grid
         if h % g or w % g:
-            raise ValueError(f"feature map {h}x{w} is not divisible by the partition grid {g}")
+            raise ConfigError(f"feature map {h}x{w} is not divisible by the partition grid {g}")
         queries = self.query(features).reshape(b, c, g, h // g, g, w // g)
         queries = queries.permute(2, 4, 0, 3, 5, 1).reshape(g * g, -1, c)  # (G*G, B*h'*w', C) per cell
         weights = address(queries, self.items, self.temperature, self.shrink)  # (G*G, Q, N)
@@ -64,7 +65,7 @@ class PMB(AnomalyModel):
     def __init__(self, cfg: PMBConfig, post: PostprocessConfig | None = None):
         super().__init__()
         if len(cfg.skips) != len(cfg.channels) - 1 or not set(cfg.skips) <= {"pmb", "plain", "none"}:
-            raise ValueError(f"model.skips needs {len(cfg.channels) - 1} entries of pmb, plain or none")
+            raise ConfigError(f"model.skips needs {len(cfg.channels) - 1} entries of pmb, plain or none")
         self.cfg = cfg
         self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
         self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)
