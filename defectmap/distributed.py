@@ -74,7 +74,8 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     if torch.cuda.is_available() and next(module.parameters()).is_cuda:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
+        # A frozen BatchNorm (PRN's backbone) only ever uses its running statistics: leave it as it is.
+        if type(child) is nn.BatchNorm2d and child.affine and child.weight.requires_grad:
             replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
             replacement.load_state_dict(child.state_dict())
             setattr(module, name, replacement)

@@ -17,6 +17,9 @@ MODEL = {
     "daad": ["--set", "model.channels=[8,16,32]", "--set", "model.memory_levels=[0,1]",
              "--set", "model.block_sizes=[4,2]", "--set", "model.memory_items=[8,8]",
              "--set", "model.discriminator_channels=[8,16]"],
+    "prn": ["--set", "model.backbone=resnet18", "--set", "model.pretrained=false", "--set", "model.width=8",
+            "--set", "model.attention_layers=1", "--set", "model.decoder_channels=[8,8,8,8]",
+            "--set", "model.max_prototypes=3"],
 }  # fmt: skip
 
 
@@ -34,7 +37,7 @@ def test_shard_batches_split_every_global_batch():
     assert shard_batches(order, 4, 1, 2) == [2, 3, 6, 7]
 
 
-@pytest.mark.parametrize("method", ["ae", "daad"])
+@pytest.mark.parametrize("method", ["ae", "daad", "prn"])
 def test_two_processes_match_one(method, tiny_dataset, tmp_path):
     common = ["train", "--model", method, "--data", str(tiny_dataset), "--category", "tiny", *TRAIN, *MODEL[method]]
     run(*common, "--out", str(tmp_path / "one"))
