@@ -212,11 +212,7 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "inference_images_per_s": len(labels) / max(outputs["seconds"], 1e-9),
         "notes": list(category.notes),
         "model": dataclasses.asdict(detector.config.model),  # e.g. which backbone, and whether pretrained
-        "training_anomalies": {
-            "count": len(category.anomalies),
-            "seed": detector.config.data.anomaly_seed,
-            "paths": [str(s.path) for s in category.anomalies],
-        },  # fmt: skip
+        "training_anomalies": category.anomaly_record(),
         "images": [
             {"path": str(category.test[i].path), "defect": category.test[i].defect, "label": label, "score": score}
             for i, (label, score) in enumerate(zip(labels, scores, strict=True))

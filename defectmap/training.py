@@ -75,12 +75,6 @@ def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, tra
     return train_mix, val_mix
 
 
-def training_anomalies(cfg: Config, category: CategoryData) -> dict:
-    """The real anomalies a run trained on (recorded in the checkpoint and metrics.json)."""
-    return {"count": len(category.anomalies), "seed": cfg.data.anomaly_seed,
-            "paths": [str(s.path) for s in category.anomalies]}  # fmt: skip
-
-
 def _mixed_precision(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """train.amp: off | bf16 (CUDA or CPU autocast) | fp16 (CUDA only, with gradient scaling)."""
     if mode == "off":
@@ -233,7 +227,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         calibration=calibration,
         category=category.name,
         history=state.history,
-        training_anomalies=training_anomalies(cfg, category),
+        training_anomalies=category.anomaly_record(),
     )
     atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(state.history, indent=2)))
     distributed.teardown()

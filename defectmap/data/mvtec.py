@@ -32,6 +32,11 @@ class CategoryData:
     has_masks: bool
     notes: list[str] = field(default_factory=list)
     anomalies: list[Sample] = field(default_factory=list)  # real anomalies for training, not in `test`
+    anomaly_seed: int = 0  # the seed that drew them
+
+    def anomaly_record(self) -> dict:
+        """Which real anomalies trained the model (kept in the checkpoint and metrics.json)."""
+        return {"count": len(self.anomalies), "seed": self.anomaly_seed, "paths": [str(s.path) for s in self.anomalies]}
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -173,5 +178,6 @@ def hold_out_anomalies(category: CategoryData, k: int, seed: int) -> None:
         )
     chosen = {s.path for s in random.Random(seed).sample(candidates, k)}
     category.anomalies = [s for s in category.test if s.path in chosen]
+    category.anomaly_seed = seed
     category.test = [s for s in category.test if s.path not in chosen]
     category.notes.append(f"{k} real anomalies (seed {seed}) used for training and removed from the test set")
