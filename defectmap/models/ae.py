@@ -55,6 +55,15 @@ def encoder_stages(channels: tuple[int, ...]) -> list[nn.Sequential]:
     return [down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
 
 
+def encode(stages: nn.ModuleList, images: torch.Tensor) -> list[torch.Tensor]:
+    """The feature map after every encoder stage, shallowest first (the skip inputs of DAAD and PMB)."""
+    features, x = [], images
+    for stage in stages:
+        x = stage(x)
+        features.append(x)
+    return features
+
+
 def bottleneck_block(channels: int, latent: int) -> nn.Sequential:
     """1x1 squeeze to `latent` channels and back: the information limit of the deepest level."""
     return nn.Sequential(

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from defectmap.errors import ConfigError
-from defectmap.models.ae import bottleneck_block, encoder_stages, output_head, reconstruction_error
+from defectmap.models.ae import bottleneck_block, encode, encoder_stages, output_head, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.memory import BlockMemory, addressing_entropy
@@ -122,10 +122,7 @@ class DAAD(AnomalyModel):
 
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(reconstruction (B, 3, H, W), addressing weights of every memory level)."""
-        features, x = [], images
-        for stage in self.encoder:
-            x = stage(x)
-            features.append(x)
+        features = encode(self.encoder, images)
         x = self.bottleneck(features[-1])
         weights = []
         for stage, level in zip(self.decoder, range(len(features) - 2, -1, -1), strict=True):

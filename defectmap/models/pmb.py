@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectmap.errors import ConfigError
-from defectmap.models.ae import bottleneck_block, encoder_stages, output_head, reconstruction_error
+from defectmap.models.ae import bottleneck_block, encode, encoder_stages, output_head, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.daad import DecoderStage
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
@@ -99,10 +99,7 @@ class PMB(AnomalyModel):
 
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(reconstruction (B, 3, H, W), addressing weights of the memory levels used)."""
-        features, x = [], images
-        for stage in self.encoder:
-            x = stage(x)
-            features.append(x)
+        features = encode(self.encoder, images)
         x = self.bottleneck(features[-1])
         weights = []
         for stage, level in zip(self.decoder, range(len(features) - 2, -1, -1), strict=True):
