@@ -24,6 +24,7 @@ from defectmap import engine, training
 from defectmap.config import build_config
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
+from defectmap.granularity import block_sizes
 
 
 @torch.no_grad()
@@ -92,7 +93,7 @@ def main() -> None:
     else:
         rows = []
         for scale in [int(s) for s in args.scales.split(",")]:
-            blocks = [max(1, scale // 2**level) for level in range(args.levels)]
+            blocks = list(block_sizes(scale, range(args.levels)))
             sets = [*args.set, f"model.block_sizes={blocks}"]
             cfg = build_config("daad", None, sets, root=args.data, category=args.category)
             detector = engine.load(training.fit(cfg, out / f"scale{scale}", progress=False))

@@ -25,10 +25,10 @@ from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
 from defectmap.data.mvtec import CategoryData
 from defectmap.data.synthetic import AnomalyMix, load_textures
 from defectmap.errors import ConfigError
-from defectmap.models import AnomalyModel
 
 
-def block_sizes(scale: int, levels: tuple[int, ...]) -> tuple[int, ...]:
+def block_sizes(scale: int, levels: tuple[int, ...] | range) -> tuple[int, ...]:
+    """Scale s: memory level l gets b x b blocks with b = max(1, s // 2**l) (bench/granularity.py too)."""
     return tuple(max(1, scale // 2**level) for level in levels)
 
 
@@ -53,7 +53,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
     The returned config records the choice as `model.granularity = "auto:<scale>"`; the trials and
     their scores are written to OUT/granularity.json.
     """
-    from defectmap.engine import build_model
+    from defectmap.engine import load
     from defectmap.training import fit  # fit calls this module: import at call time
 
     data = cfg.data
@@ -71,10 +71,8 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
         trial.model.block_sizes = block_sizes(scale, cfg.model.memory_levels)
         trial.train.epochs = cfg.model.auto_epochs
         checkpoint = fit(trial, out_dir / "granularity" / f"scale{scale}", progress=False)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        model: AnomalyModel = build_model(trial)
-        model.load_state_dict(state)
-        scores = synthetic_validation_scores(model, probe, cfg.train.eval_batch_size, torch.device("cpu"))
+        detector = load(checkpoint, device="cpu")
+        scores = synthetic_validation_scores(detector.model, probe, cfg.train.eval_batch_size, detector.device)
         trials.append({"scale": scale, "block_sizes": list(trial.model.block_sizes), **scores})
         if progress:
             print(f"granularity scale {scale}: synthetic image AUROC {scores['image_auroc']:.3f}, "
