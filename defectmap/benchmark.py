@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from defectmap import engine, training
 from defectmap.checkpoint import atomic_write
-from defectmap.config import build_config
+from defectmap.config import build_config, load_preset
 from defectmap.data.mvtec import open_category
-from defectmap.errors import DataError
+from defectmap.errors import ConfigError, DataError
 from defectmap.outputs import METRIC_NAMES, write_metrics
 
 COLUMNS = (*METRIC_NAMES, "train_seconds", "inference_images_per_s")
@@ -34,28 +34,63 @@ def list_categories(root: Path, categories: str) -> list[str]:
     return found
 
 
-def run_one(model: str, root: Path, category: str, seed: int, sets: list[str], run_dir: Path) -> dict:
+def parse_models(text: str) -> list[tuple[str, str | None, str | None]]:
+    """`--models ae,daad,bench/ablations/memae.yaml` -> (label, method, preset) per entry.
+
+    A model name runs that method with its defaults; a YAML preset (a path ending in .yaml or .yml, with
+    `method:` and any data/train/model values) runs a variant labelled by the file's stem, so an ablation
+    is one benchmark call.
+    """
+    from defectmap.models import MODELS
+
+    specs = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        if entry.endswith((".yaml", ".yml")):
+            values = load_preset(entry)  # one-line error when missing or malformed
+            if values.get("method") not in MODELS:
+                raise ConfigError(f"preset {entry} must name its model with method: one of {', '.join(MODELS)}")
+            specs.append((Path(entry).stem, None, entry))
+        elif entry in MODELS:
+            specs.append((entry, entry, None))
+        else:
+            raise ConfigError(f"unknown model '{entry}'; give one of {', '.join(MODELS)} or a .yaml preset path")
+    labels = [label for label, _, _ in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two --models entries share a label ({', '.join(labels)}); rename a preset file")
+    return specs
+
+
+def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str, seed: int, sets: list[str],
+            run_dir: Path) -> dict:  # fmt: skip
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text())
+    label, method, preset = spec
     # The seed also draws the few-shot anomalies (data.anomalies > 0), unless --set names another.
     sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
-    cfg = build_config(model, None, sets, root=str(root), category=category)
+    cfg = build_config(method, preset, sets, root=str(root), category=category)
     start = time.perf_counter()
     checkpoint = training.fit(cfg, run_dir, progress=False)
     train_seconds = time.perf_counter() - start
     detector = engine.load(checkpoint)
     report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
-    report.update(model=model, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))
+    report.update(variant=label, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))
     write_metrics(report, run_dir)
     return report
 
 
+def variant(run: dict) -> str:
+    # Runs written before presets were allowed stored the model name under "model" (no "variant").
+    return run.get("variant") or run["model"]
+
+
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (category, model): mean and std over seeds of every column."""
+    """One row per (category, model or variant): mean and std over seeds of every column."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["category"], run["model"]), []).append(run)
+        groups.setdefault((run["category"], variant(run)), []).append(run)
     rows = []
     for (category, model), members in groups.items():
         row = {"category": category, "model": model, "seeds": len(members)}
@@ -88,19 +123,20 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_benchmark(models: list[str], root: str, categories: str, seeds: int, out: str, sets: list[str],
+def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str, sets: list[str],
                   progress: bool = True) -> list[dict]:  # fmt: skip
     root_path, out_path = Path(root), Path(out)
-    grid = [(c, m, s) for c in list_categories(root_path, categories) for m in models for s in range(seeds)]
+    specs = parse_models(models)
+    grid = [(c, m, s) for c in list_categories(root_path, categories) for m in specs for s in range(seeds)]
     runs = []
-    for category, model, seed in tqdm(grid, desc="benchmark", disable=not progress):
-        report = run_one(model, root_path, category, seed, sets, out_path / category / model / f"seed{seed}")
+    for category, spec, seed in tqdm(grid, desc="benchmark", disable=not progress):
+        report = run_one(spec, root_path, category, seed, sets, out_path / category / spec[0] / f"seed{seed}")
         runs.append({k: v for k, v in report.items() if k != "images"})
     rows = summarise(runs)
     per_run = io.StringIO()
     writer = csv.DictWriter(per_run, ["category", "model", "seed", *COLUMNS], extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(runs)
+    writer.writerows({**run, "model": variant(run)} for run in runs)
     atomic_write(out_path / "runs.csv", lambda tmp: tmp.write_text(per_run.getvalue()))
     summary = json.dumps({"rows": rows, "runs": runs, "sets": sets}, indent=2)
     atomic_write(out_path / "results.json", lambda tmp: tmp.write_text(summary))

@@ -42,3 +42,26 @@ def test_categories(tiny_dataset, categories):
     from defectmap.benchmark import list_categories
 
     assert list_categories(tiny_dataset, categories) == ["tiny"]
+
+
+def test_preset_variants_are_labelled_by_file_stem(tiny_dataset, tmp_path):
+    variant = tmp_path / "ae_small.yaml"
+    variant.write_text("method: ae\nmodel:\n  channels: [4, 8]\n  latent_channels: 2\n")
+    out = tmp_path / "bench"
+    args = ["benchmark", "--models", f"ae,{variant}", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(out),
+            "--quiet", *SETS, "--set", "model.smoothing_sigma=1.0"]  # fmt: skip
+    assert main(args) == 0
+    rows = {row["model"] for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows == {"ae", "ae_small"}
+    model = json.loads((out / "tiny" / "ae_small" / "seed0" / "metrics.json").read_text())["model"]
+    assert model["channels"] == [4, 8] and model["smoothing_sigma"] == 1.0  # the preset, then --set
+
+
+@pytest.mark.parametrize(("text", "message"), [("method: nope\n", "must name its model"), (None, "does not exist")])
+def test_bad_variant_preset_is_one_line(tmp_path, capsys, text, message):
+    preset = tmp_path / "variant.yaml"
+    if text is not None:
+        preset.write_text(text)
+    assert main(["benchmark", "--models", str(preset), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
