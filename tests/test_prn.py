@@ -95,6 +95,19 @@ def test_anomaly_mix_is_reproducible_per_epoch_and_labels_follow_masks(tiny_data
     assert any(int(item["label"]) == 1 for item in first)
 
 
+@pytest.mark.parametrize("copy_share", [0.0, 1.0])
+def test_real_copy_share_chooses_copies_or_extended_anomalies(tiny_dataset, copy_share):
+    category = open_category(tiny_config("prn", tiny_dataset).data)
+    normals = ImageDataset(category.train, 32)
+    real = ImageDataset(category.test[-2:], 32)
+    mix = AnomalyMix(0.0, 1.0, synthetic_kinds=(), copy_share=copy_share)
+    items = [AnomalyMixDataset(normals, mix, seed=s, anomalies=real)[i] for s in range(3) for i in range(len(normals))]
+    originals = [real[i]["image"] for i in range(len(real))]
+    copies = [any(torch.equal(item["image"], o) or torch.equal(item["image"], o.flip(2)) for o in originals)
+              for item in items]  # fmt: skip
+    assert all(copies) if copy_share == 1.0 else not any(copies)
+
+
 def test_training_anomalies_are_recorded_and_absent_from_evaluation(tiny_dataset, tmp_path):
     cfg = tiny_config("prn", tiny_dataset)
     apply_overrides(cfg, {"data": {"anomalies": 2, "anomaly_seed": 5}})

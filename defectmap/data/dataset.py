@@ -130,7 +130,7 @@ class AnomalyMixDataset(Dataset):
             return item
         if self.anomalies is not None and draw < self.mix.normal_share + self.mix.real_share:
             real = self.anomalies[int(torch.randint(len(self.anomalies), (), generator=generator))]
-            if float(torch.rand((), generator=generator)) < 0.5:  # the real anomaly itself, maybe mirrored
+            if float(torch.rand((), generator=generator)) < self.mix.copy_share:  # the anomaly itself, maybe mirrored
                 flip = float(torch.rand((), generator=generator)) < 0.5
                 image, mask = (real["image"].flip(2), real["mask"].flip(1)) if flip else (real["image"], real["mask"])
             else:

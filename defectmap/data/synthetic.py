@@ -30,6 +30,7 @@ class AnomalyMix:
     real_share: float = 0.25  # real anomalies and "extended" copies of them; synthetic when there are none
     synthetic_kinds: tuple[str, ...] = SYNTHETIC_KINDS
     beta_max: float = 0.8
+    copy_share: float = 0.5  # of the real-anomaly draws: the real image itself (maybe mirrored); rest extended
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:

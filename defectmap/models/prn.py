@@ -54,6 +54,9 @@ class PRNConfig:
     # Training mix (ref): share of normal images, of real + "extended" anomalies (k > 0), rest synthetic.
     normal_share: float = 0.5
     real_share: float = 0.25
+    # Of the real-anomaly draws, the share that shows a real image as it is (mirrored half the time); the
+    # rest are "extended": its defect, jointly augmented with its mask, pasted onto a normal foreground.
+    real_copy_share: float = 0.5
     synthetic_kinds: tuple[str, ...] = ("perlin", "cutpaste", "scar")
     beta_max: float = 0.8  # texture blending factor beta ~ U[0, beta_max)
 
@@ -180,7 +183,11 @@ class PRN(AnomalyModel):
             raise ConfigError("postprocess.hee filters reconstruction errors; prn outputs probabilities: drop it")
         if not 0 <= cfg.normal_share <= 1 or not 0 <= cfg.real_share <= 1 - cfg.normal_share:
             raise ConfigError("model.normal_share and model.real_share must be shares of 1 that sum to at most 1")
-        self.anomaly_mix = AnomalyMix(cfg.normal_share, cfg.real_share, cfg.synthetic_kinds, cfg.beta_max)
+        if not 0 <= cfg.real_copy_share <= 1:
+            raise ConfigError("model.real_copy_share must be in [0, 1]")
+        self.anomaly_mix = AnomalyMix(
+            cfg.normal_share, cfg.real_share, cfg.synthetic_kinds, cfg.beta_max, cfg.real_copy_share
+        )
         self.backbone = FrozenBackbone(cfg.backbone)
         channels = self.backbone.channels
         self.residuals = nn.ModuleList(PrototypeResidual(cfg.max_prototypes, c) for c in channels[:3])
