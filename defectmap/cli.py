@@ -236,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("benchmark", help="train and test a grid of models x categories x seeds (resumable)")
-    p.add_argument("--models", required=True, help="comma-separated models or variant presets, e.g. ae,daad,bench/ablations/memae.yaml")
+    p.add_argument("--models", required=True, help="comma-separated models or .yaml variants: ae,daad,V.yaml")
     p.add_argument("--data", required=True)
     p.add_argument("--categories", default="all", help="comma-separated, or all (every folder with train/)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
