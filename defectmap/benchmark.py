@@ -1,7 +1,8 @@
 """The benchmark grid: models x categories x seeds, resumable, summarised as CSV, JSON and Markdown.
 
 Each run lives in OUT/<category>/<model>/seed<S>/ and is finished once its metrics.json exists; a
-re-run skips finished runs. Means and sample standard deviations are over seeds.
+re-run skips finished runs and continues interrupted ones from their last.ckpt. Means and sample
+standard deviations are over seeds.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
     cfg = build_config(method, preset, sets, root=str(root), category=category)
     start = time.perf_counter()
-    checkpoint = training.fit(cfg, run_dir, progress=False)
+    # An interrupted run continues from its last.ckpt (with the config saved there, like finished runs).
+    checkpoint = training.fit(cfg, run_dir, progress=False, resume=(run_dir / "last.ckpt").is_file())
     train_seconds = time.perf_counter() - start
     detector = engine.load(checkpoint)
     report = engine.evaluate(detector, open_category(detector.config.data), progress=False)

@@ -32,6 +32,31 @@ def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, c
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(first)["rows"]
 
 
+def test_interrupted_run_continues_from_last_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(out), "--quiet",
+            *SETS, "--set", "model.channels=[8,16]", "--set", "train.epochs=2"]  # fmt: skip
+    real_fit, real_save, calls, saves = training.fit, training.save_training_state, [], []
+
+    def recording_fit(cfg, out_dir, progress=True, resume=False):
+        calls.append(resume)
+        return real_fit(cfg, out_dir, progress=progress, resume=resume)
+
+    def save_then_die(*args, **kwargs):  # the process is killed right after the first epoch is saved
+        real_save(*args, **kwargs)
+        saves.append(args[-1].epoch)
+        if args[-1].epoch == 1 and len(saves) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit", recording_fit)
+    monkeypatch.setattr(training, "save_training_state", save_then_die)
+    assert main(args) == 130 and not (out / "tiny" / "ae" / "seed0" / "metrics.json").exists()
+    assert main(args) == 0
+    assert calls == [False, True]
+    history = json.loads((out / "tiny" / "ae" / "seed0" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
 def test_unknown_model_is_one_line(tmp_path, capsys):
     assert main(["benchmark", "--models", "ae,nope", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err
