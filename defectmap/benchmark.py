@@ -22,6 +22,7 @@ from defectmap.config import build_config, load_preset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import ConfigError, DataError
 from defectmap.outputs import METRIC_NAMES, write_metrics
+from defectmap.resume import load_training_state
 
 COLUMNS = (*METRIC_NAMES, "train_seconds", "inference_images_per_s")
 
@@ -72,10 +73,13 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     # The seed also draws the few-shot anomalies (data.anomalies > 0), unless --set names another.
     sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
     cfg = build_config(method, preset, sets, root=str(root), category=category)
+    # An interrupted run continues from its last.ckpt (with the config saved there, like finished runs);
+    # its training time counts the seconds trained before the interruption.
+    last = run_dir / "last.ckpt"
+    before = float(load_training_state(last)["state"]["seconds"]) if last.is_file() else 0.0
     start = time.perf_counter()
-    # An interrupted run continues from its last.ckpt (with the config saved there, like finished runs).
-    checkpoint = training.fit(cfg, run_dir, progress=False, resume=(run_dir / "last.ckpt").is_file())
-    train_seconds = time.perf_counter() - start
+    checkpoint = training.fit(cfg, run_dir, progress=False, resume=last.is_file())
+    train_seconds = before + time.perf_counter() - start
     detector = engine.load(checkpoint)
     report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
     report.update(variant=label, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))

@@ -55,6 +55,8 @@ def test_interrupted_run_continues_from_last_checkpoint(tiny_dataset, tmp_path, 
     assert calls == [False, True]
     history = json.loads((out / "tiny" / "ae" / "seed0" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
+    [run] = json.loads((out / "results.json").read_text())["runs"]
+    assert run["train_seconds"] >= history[-1]["seconds"]  # both attempts' training time
 
 
 def test_unknown_model_is_one_line(tmp_path, capsys):
