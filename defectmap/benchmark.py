@@ -129,15 +129,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str, sets: list[str],
-                  progress: bool = True) -> list[dict]:  # fmt: skip
-    root_path, out_path = Path(root), Path(out)
-    specs = parse_models(models)
-    grid = [(c, m, s) for c in list_categories(root_path, categories) for m in specs for s in range(seeds)]
-    runs = []
-    for category, spec, seed in tqdm(grid, desc="benchmark", disable=not progress):
-        report = run_one(spec, root_path, category, seed, sets, out_path / category / spec[0] / f"seed{seed}")
-        runs.append({k: v for k, v in report.items() if k != "images"})
+def write_tables(runs: list[dict], out_path: Path, sets: list[str]) -> list[dict]:
     rows = summarise(runs)
     per_run = io.StringIO()
     writer = csv.DictWriter(per_run, ["category", "model", "seed", *COLUMNS], extrasaction="ignore")
@@ -147,4 +139,18 @@ def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str,
     summary = json.dumps({"rows": rows, "runs": runs, "sets": sets}, indent=2)
     atomic_write(out_path / "results.json", lambda tmp: tmp.write_text(summary))
     atomic_write(out_path / "results.md", lambda tmp: tmp.write_text(markdown(rows)))
+    return rows
+
+
+def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str, sets: list[str],
+                  progress: bool = True) -> list[dict]:  # fmt: skip
+    """Run the grid; the tables are rewritten after every run, so a stopped grid keeps what finished."""
+    root_path, out_path = Path(root), Path(out)
+    specs = parse_models(models)
+    grid = [(c, m, s) for c in list_categories(root_path, categories) for m in specs for s in range(seeds)]
+    runs, rows = [], []
+    for category, spec, seed in tqdm(grid, desc="benchmark", disable=not progress):
+        report = run_one(spec, root_path, category, seed, sets, out_path / category / spec[0] / f"seed{seed}")
+        runs.append({k: v for k, v in report.items() if k != "images"})
+        rows = write_tables(runs, out_path, sets)
     return rows

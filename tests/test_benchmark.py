@@ -59,6 +59,23 @@ def test_interrupted_run_continues_from_last_checkpoint(tiny_dataset, tmp_path, 
     assert run["train_seconds"] >= history[-1]["seconds"]  # both attempts' training time
 
 
+def test_stopped_grid_keeps_the_tables_of_finished_runs(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "2", "--out", str(out), "--quiet",
+            *SETS, "--set", "model.channels=[8,16]"]  # fmt: skip
+    real_fit = training.fit
+
+    def second_run_dies(cfg, out_dir, **kwargs):
+        if cfg.train.seed == 1:
+            raise KeyboardInterrupt
+        return real_fit(cfg, out_dir, **kwargs)
+
+    monkeypatch.setattr(training, "fit", second_run_dies)
+    assert main(args) == 130
+    [row] = json.loads((out / "results.json").read_text())["rows"]
+    assert row["seeds"] == 1 and "| ae | 1 |" in (out / "results.md").read_text()
+
+
 def test_unknown_model_is_one_line(tmp_path, capsys):
     assert main(["benchmark", "--models", "ae,nope", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err
