@@ -76,10 +76,15 @@ def test_prototypes_are_kmeans_centres_padded_by_repetition():
     assert torch.equal(restored(near_four), residual(near_four))
 
 
-def test_anomaly_mix_is_reproducible_per_epoch_and_labels_follow_masks(tiny_dataset):
+@pytest.fixture
+def normals_and_real(tiny_dataset):
+    """The tiny category's normal training images and its last two test images as "real anomalies"."""
     category = open_category(tiny_config("prn", tiny_dataset).data)
-    normals = ImageDataset(category.train, 32)
-    real = ImageDataset(category.test[-2:], 32)
+    return ImageDataset(category.train, 32), ImageDataset(category.test[-2:], 32)
+
+
+def test_anomaly_mix_is_reproducible_per_epoch_and_labels_follow_masks(normals_and_real):
+    normals, real = normals_and_real
     mix = AnomalyMixDataset(normals, AnomalyMix(0.25, 0.5), seed=3, anomalies=real)
     first = [mix[i] for i in range(len(mix))]
     again = [mix[i] for i in range(len(mix))]
@@ -96,10 +101,8 @@ def test_anomaly_mix_is_reproducible_per_epoch_and_labels_follow_masks(tiny_data
 
 
 @pytest.mark.parametrize("copy_share", [0.0, 1.0])
-def test_real_copy_share_chooses_copies_or_extended_anomalies(tiny_dataset, copy_share):
-    category = open_category(tiny_config("prn", tiny_dataset).data)
-    normals = ImageDataset(category.train, 32)
-    real = ImageDataset(category.test[-2:], 32)
+def test_real_copy_share_chooses_copies_or_extended_anomalies(normals_and_real, copy_share):
+    normals, real = normals_and_real
     mix = AnomalyMix(0.0, 1.0, synthetic_kinds=(), copy_share=copy_share)
     items = [AnomalyMixDataset(normals, mix, seed=s, anomalies=real)[i] for s in range(3) for i in range(len(normals))]
     originals = [real[i]["image"] for i in range(len(real))]
