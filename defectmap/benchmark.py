@@ -144,10 +144,14 @@ def write_tables(runs: list[dict], out_path: Path, sets: list[str]) -> list[dict
 
 def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str, sets: list[str],
                   progress: bool = True) -> list[dict]:  # fmt: skip
-    """Run the grid; the tables are rewritten after every run, so a stopped grid keeps what finished."""
+    """Run the grid; the tables are rewritten after every run, so a stopped grid keeps what finished.
+
+    Seed-major order: every model runs seed 0 before any runs seed 1, so a grid stopped early still
+    compares all models on the same seeds.
+    """
     root_path, out_path = Path(root), Path(out)
     specs = parse_models(models)
-    grid = [(c, m, s) for c in list_categories(root_path, categories) for m in specs for s in range(seeds)]
+    grid = [(c, m, s) for c in list_categories(root_path, categories) for s in range(seeds) for m in specs]
     runs, rows = [], []
     for category, spec, seed in tqdm(grid, desc="benchmark", disable=not progress):
         report = run_one(spec, root_path, category, seed, sets, out_path / category / spec[0] / f"seed{seed}")

@@ -21,9 +21,8 @@ from torch.utils.data import ConcatDataset, DataLoader
 from defectmap import metrics
 from defectmap.checkpoint import atomic_write
 from defectmap.config import Config
-from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
+from defectmap.data.dataset import ImageDataset, synthetic_probe
 from defectmap.data.mvtec import CategoryData
-from defectmap.data.synthetic import AnomalyMix, load_textures
 from defectmap.errors import ConfigError
 
 
@@ -60,10 +59,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
     if not category.val:
         raise ConfigError("model.granularity=auto needs validation images: set data.val_fraction above 0")
     normals = ImageDataset(category.val, data.image_size, cache=True, max_pixels=data.max_pixels)
-    textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []
-    # Every validation normal twice: as it is, and with a synthetic anomaly (fixed per seed).
-    anomalous = AnomalyMixDataset(normals, AnomalyMix(0.0, 0.0), cfg.train.seed + 7, textures, fixed=True)
-    probe = ConcatDataset([normals, anomalous])
+    probe = synthetic_probe(normals, data.texture_dir, cfg.train.seed)
     trials = []
     for scale in cfg.model.auto_scales:
         trial = copy.deepcopy(cfg)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from defectmap import distributed
 from defectmap.checkpoint import atomic_write, save_checkpoint
 from defectmap.config import Config, config_to_dict, resolve_config
-from defectmap.data.dataset import AnomalyMixDataset, ImageDataset, load_foregrounds
+from defectmap.data.dataset import AnomalyMixDataset, ImageDataset, load_foregrounds, synthetic_probe
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
 from defectmap.engine import build_model, calibrate_on_validation, resolve_device, seed_everything
@@ -53,6 +53,13 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
             for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False):
                 dataset[i]
     return train_set, val_set
+
+
+def _probe(cfg: Config, val_set: ImageDataset, device: torch.device):
+    """(images, labels) batches of the validation normals with synthetic anomalies, built only when iterated."""
+    probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed)
+    for batch in DataLoader(probe, batch_size=cfg.train.eval_batch_size):
+        yield batch["image"].to(device), batch["label"]
 
 
 def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, train_set, val_set):
@@ -212,7 +219,11 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
     model.eval()
-    model.calibrate(batch["image"].to(device) for batch in val_loader)
+    chosen = model.calibrate((batch["image"].to(device) for batch in val_loader), _probe(cfg, val_set, device))
+    for key, value in chosen.items():  # recorded in the checkpoint's config
+        setattr(cfg.model, key, value)
+        if progress:
+            tqdm.write(f"calibration chose model.{key}={value}")
     calibration = calibrate_on_validation(
         model, val_set, cfg.train.eval_batch_size, device, cfg.train.false_reject_rate
     )

@@ -60,9 +60,10 @@ def test_interrupted_run_continues_from_last_checkpoint(tiny_dataset, tmp_path, 
 
 
 def test_stopped_grid_keeps_the_tables_of_finished_runs(tiny_dataset, tmp_path, monkeypatch):
-    out = tmp_path / "bench"
-    args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "2", "--out", str(out), "--quiet",
-            *SETS, "--set", "model.channels=[8,16]"]  # fmt: skip
+    out, preset = tmp_path / "bench", tmp_path / "narrow.yaml"
+    preset.write_text("method: ae\nmodel:\n  latent_channels: 4\n")
+    args = ["benchmark", "--models", f"ae,{preset}", "--data", str(tiny_dataset), "--seeds", "2", "--out", str(out),
+            "--quiet", *SETS, "--set", "model.channels=[8,16]"]  # fmt: skip
     real_fit = training.fit
 
     def second_run_dies(cfg, out_dir, **kwargs):
@@ -72,8 +73,9 @@ def test_stopped_grid_keeps_the_tables_of_finished_runs(tiny_dataset, tmp_path, 
 
     monkeypatch.setattr(training, "fit", second_run_dies)
     assert main(args) == 130
-    [row] = json.loads((out / "results.json").read_text())["rows"]
-    assert row["seeds"] == 1 and "| ae | 1 |" in (out / "results.md").read_text()
+    rows = json.loads((out / "results.json").read_text())["rows"]  # seed 0 of both models finished first
+    assert [(r["model"], r["seeds"]) for r in rows] == [("ae", 1), ("narrow", 1)]
+    assert "| ae | 1 |" in (out / "results.md").read_text()
 
 
 def test_unknown_model_is_one_line(tmp_path, capsys):

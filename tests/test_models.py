@@ -92,3 +92,36 @@ def test_daad_auto_granularity_picks_a_scale_on_synthetic_anomalies(tiny_dataset
     saved = torch.load(ckpt, weights_only=True)["config"]["model"]
     assert saved["granularity"] == f"auto:{best['scale']}"
     assert list(saved["block_sizes"]) == best["block_sizes"] == [max(1, best["scale"] // 2**lv) for lv in (0, 1)]
+
+
+@pytest.mark.parametrize("informative", [0, 1])
+def test_daad_fusion_weight_is_chosen_on_the_synthetic_probe(informative, monkeypatch):
+    cfg = copy.deepcopy(tiny_config("daad"))
+    model = build_model(cfg).eval()
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 20 + [1] * 20)
+
+    def raw_scores(images):  # in the probe, component `informative` separates the classes, the other is loud noise
+        raw = torch.rand(len(images), 2, generator=generator)
+        if len(images) == len(labels):
+            raw[:, informative] += labels
+            raw[:, 1 - informative] *= 10
+        return None, raw
+
+    monkeypatch.setattr(model, "_raw_scores", raw_scores)
+    images = torch.zeros(len(labels), 3, 8, 8)
+    assert model.calibrate([images[:16]], [(images, labels)]) == {"latent_weight": float(informative)}
+    assert model.cfg.latent_weight == informative
+    model.cfg.fusion, model.cfg.latent_weight = "fixed", 0.5
+    assert model.calibrate([images[:16]], [(images, labels)]) == {} and model.cfg.latent_weight == 0.5
+
+
+def test_daad_records_the_chosen_fusion_weight(tiny_dataset, tmp_path):
+    from defectmap import training
+
+    cfg = tiny_config("daad", tiny_dataset)
+    cfg.model.latent_weight = 0.3  # not a candidate: the saved value proves a choice was made and recorded
+    ckpt = training.fit(cfg, tmp_path / "run", progress=False)
+    saved = torch.load(ckpt, weights_only=True)["config"]["model"]
+    assert saved["fusion"] == "synthetic" and saved["latent_weight"] in saved["fusion_weights"]
+    assert load(ckpt, device="cpu").model.cfg.latent_weight == saved["latent_weight"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import ConcatDataset, Dataset, default_collate
 
 from defectmap.data.images import load_image, load_mask
 from defectmap.data.mvtec import Sample, find_mask
@@ -14,6 +14,7 @@ from defectmap.data.synthetic import (
     AnomalyMix,
     extended_anomaly,
     item_generator,
+    load_textures,
     otsu_foreground,
     synthesize,
 )
@@ -142,6 +143,17 @@ class AnomalyMixDataset(Dataset):
             image, mask = synthesize(image, kind, generator, self.textures, self.mix.beta_max)
         item.update(image=image.float().contiguous(), mask=mask.float(), label=torch.tensor(int(mask.any())))
         return item
+
+
+def synthetic_probe(normals: ImageDataset, texture_dir: str, seed: int) -> ConcatDataset:
+    """Every validation normal twice: as it is (label 0) and with a synthetic anomaly fixed per seed (label 1).
+
+    The anomaly-free stand-in for a labelled validation set: DAAD's automatic granularity and score fusion
+    are chosen on it, never on real anomalies or test images.
+    """
+    textures = load_textures(texture_dir, normals.image_size) if texture_dir else []
+    anomalous = AnomalyMixDataset(normals, AnomalyMix(0.0, 0.0), seed + 7, textures, fixed=True)
+    return ConcatDataset([normals, anomalous])
 
 
 def load_foregrounds(folder: str, normals: ImageDataset) -> list[torch.Tensor]:

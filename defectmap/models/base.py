@@ -42,8 +42,16 @@ class AnomalyModel(nn.Module):
         """The quantity early stopping minimises on normal validation images (default: the loss)."""
         return self.loss(batch)["loss"]
 
-    def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
-        """Fit score statistics from batches of normal validation images after training (default: none)."""
+    def calibrate(
+        self, batches: Iterable[torch.Tensor], probe: Iterable[tuple[torch.Tensor, torch.Tensor]] = ()
+    ) -> dict:
+        """Fit score statistics after training from batches of normal validation images (default: none).
+
+        `probe` yields (images, labels) of the validation normals with synthetic anomalies pasted into a copy
+        of each, for models that tune their score on them; it is only built when iterated. Returns the model
+        config values the calibration chose, which the engine records in the checkpoint's config.
+        """
+        return {}
 
     def forward(self, images: torch.Tensor) -> Output:
         raise NotImplementedError

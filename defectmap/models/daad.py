@@ -4,7 +4,9 @@ A U-Net-like autoencoder whose skip connections pass through block-wise memories
 map is divided into b x b blocks, every block is rebuilt from a memory of normal blocks and the
 blocks are assembled back. The block size (granularity) sets how well anomalies can be rebuilt.
 DAAD+ adds a discriminator: adversarial and latent feature-matching losses, and the distance between
-the discriminator's latent features of an image and of its reconstruction as a second image score.
+the discriminator's latent features of an image and of its reconstruction as a second image score,
+fused with the map maximum after standardising both on validation normals; the latent share is chosen
+on synthetic anomalies pasted into the validation normals (`fusion`), no real anomaly involved.
 The paper's full text was not available; the choices below follow METHODS.md ([ours] entries).
 """
 
@@ -13,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from defectmap.errors import ConfigError
+from defectmap.metrics import image_auroc
 from defectmap.models.ae import bottleneck_block, encode, encoder_stages, output_head, reconstruction_error
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
@@ -48,6 +52,10 @@ class DAADConfig:
     feature_matching_weight: float = 1.0  # ||f_D(x) - f_D(x_hat)||^2 on the discriminator's latent features
     discriminator_channels: tuple[int, ...] = (32, 64, 128, 256)
     latent_weight: float = 0.5  # share of the normalised latent distance in the image score (DAAD+)
+    # synthetic: after training, latent_weight becomes the value of fusion_weights with the best image AUROC
+    # on the validation normals with synthetic anomalies (the checkpoint records it) | fixed: as given.
+    fusion: str = "synthetic"
+    fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
 
 
@@ -96,6 +104,8 @@ class DAAD(AnomalyModel):
             raise ConfigError("model.memory_levels, model.block_sizes and model.memory_items need equal lengths")
         if any(level >= len(cfg.channels) - 1 for level in cfg.memory_levels):
             raise ConfigError(f"model.memory_levels must be below the deepest level {len(cfg.channels) - 1}")
+        if cfg.fusion not in ("synthetic", "fixed"):
+            raise ConfigError(f"model.fusion must be synthetic or fixed, got '{cfg.fusion}'")
         if cfg.granularity not in ("manual", "auto") and not cfg.granularity.startswith("auto:"):
             raise ConfigError(f"model.granularity must be manual or auto, got '{cfg.granularity}'")
         self.cfg = cfg
@@ -181,10 +191,29 @@ class DAAD(AnomalyModel):
         return maps, torch.stack([maps.flatten(1).amax(1), latent_distance], 1)
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
+    def calibrate(
+        self, batches: Iterable[torch.Tensor], probe: Iterable[tuple[torch.Tensor, torch.Tensor]] = ()
+    ) -> dict:
         raw = torch.cat([self._raw_scores(images)[1] for images in batches])  # (N, 1 or 2)
         self.score_mean[: raw.shape[1]] = raw.mean(0)
         self.score_std[: raw.shape[1]] = raw.std(0).clamp_min(1e-8) if len(raw) > 1 else 1.0
+        if self.discriminator is None or self.cfg.fusion == "fixed":
+            return {}
+        # The paper leaves the fusion open; the latent distance can be uninformative on a dataset (on Magnetic
+        # Tile it scores near chance), so its share is chosen on synthetic anomalies, without real ones.
+        raws, labels = [], []
+        for images, batch_labels in probe:
+            raws.append(self._raw_scores(images)[1].cpu())
+            labels.append(batch_labels.cpu())
+        if not raws:
+            return {}
+        z = (torch.cat(raws) - self.score_mean.cpu()) / self.score_std.cpu()  # (N, 2)
+        labels_np = torch.cat(labels).numpy()
+        aurocs = [image_auroc(labels_np, ((1 - w) * z[:, 0] + w * z[:, 1]).numpy()) for w in self.cfg.fusion_weights]
+        if np.isnan(aurocs).all():  # the probe holds one class only
+            return {}
+        self.cfg.latent_weight = float(self.cfg.fusion_weights[int(np.nanargmax(aurocs))])  # ties: the smaller
+        return {"latent_weight": self.cfg.latent_weight}
 
     def forward(self, images: torch.Tensor) -> Output:
         maps, raw = self._raw_scores(images)
