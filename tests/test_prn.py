@@ -15,7 +15,7 @@ from defectmap.data.mvtec import open_category
 from defectmap.data.synthetic import AnomalyMix
 from defectmap.errors import ConfigError
 from defectmap.models.backbone import FrozenBackbone
-from defectmap.models.prn import PRN, PrototypeResidual
+from defectmap.models.prn import PRN, PrototypeResidual, top_k_score
 from tests.conftest import tiny_config
 
 
@@ -81,6 +81,14 @@ def normals_and_real(tiny_dataset):
     """The tiny category's normal training images and its last two test images as "real anomalies"."""
     category = open_category(tiny_config("prn", tiny_dataset).data)
     return ImageDataset(category.train, 32), ImageDataset(category.test[-2:], 32)
+
+
+@pytest.mark.parametrize(("size", "k"), [(256, 100), (128, 25), (64, 6), (8, 1)])
+def test_top_k_score_averages_the_same_share_of_the_image_at_any_size(size, k):
+    maps = torch.zeros(2, size, size)
+    maps[0].view(-1)[: size * size // 2] = torch.linspace(1, 0, size * size // 2)  # distinct descending values
+    expected = maps[0].flatten().topk(k).values.mean()
+    assert torch.allclose(top_k_score(maps, 100, 256), torch.stack([expected, torch.tensor(0.0)]))
 
 
 def test_anomaly_mix_is_reproducible_per_epoch_and_labels_follow_masks(normals_and_real):

@@ -6,7 +6,7 @@ input's residual against its nearest prototype, (f - p)^2, exposes what no norma
 Features and residuals are fused per level, exchanged across levels, refined by multi-size
 self-attention, and a U-Net decoder outputs one logit per pixel. Trained on normal images, synthetic
 anomalies and optionally k real ones (see data/dataset.py `AnomalyMixDataset`) with SmoothL1 + 5 x focal.
-Image score: mean of the top-k pixel probabilities.
+Image score: mean of the top-k pixel probabilities, k scaled with the map area (`top_k_size`).
 
 Choices the paper leaves open (config fields): at most `max_prototypes` prototypes per level (10% of the
 training images below that; fewer are padded by repetition, which leaves every nearest-prototype search
@@ -49,7 +49,10 @@ class PRNConfig:
     decoder_channels: tuple[int, ...] = (64, 48, 32, 16)
     focal_weight: float = 5.0
     focal_gamma: float = 4.0
-    top_k: int = 100  # image score: mean of the top-k pixel probabilities
+    top_k: int = 100  # image score: mean of the top-k pixel probabilities of a top_k_size^2 map
+    # The reference's top-100 is for 256^2 inputs; k scales with the map's area so the score averages the
+    # same share of the image at any data.image_size (25 pixels at 128^2).
+    top_k_size: int = 256
     smoothing_sigma: float = 2.0  # Gaussian sigma of the output map, in model pixels (0: none)
     # Training mix (ref): share of normal images, of real + "extended" anomalies (k > 0), rest synthetic.
     normal_share: float = 0.5
@@ -59,6 +62,13 @@ class PRNConfig:
     real_copy_share: float = 0.5
     synthetic_kinds: tuple[str, ...] = ("perlin", "cutpaste", "scar")
     beta_max: float = 0.8  # texture blending factor beta ~ U[0, beta_max)
+
+
+def top_k_score(maps: torch.Tensor, top_k: int, reference_size: int) -> torch.Tensor:
+    """Mean of the k highest values of each (H, W) map, k = top_k scaled by the area ratio to reference_size^2."""
+    height, width = maps.shape[-2:]
+    k = min(max(1, round(top_k * height * width / reference_size**2)), height * width)
+    return maps.flatten(1).topk(k, dim=1).values.mean(1)
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
@@ -257,6 +267,4 @@ class PRN(AnomalyModel):
     def forward(self, images: torch.Tensor) -> Output:
         maps = torch.sigmoid(self.logits(images).float())  # (B, S, S)
         maps = self.blur(maps)
-        k = min(self.cfg.top_k, maps[0].numel())
-        scores = maps.flatten(1).topk(k, dim=1).values.mean(1)
-        return Output(scores, maps)
+        return Output(top_k_score(maps, self.cfg.top_k, self.cfg.top_k_size), maps)
