@@ -5,7 +5,8 @@ blocks cover about the same image area, as in bench/granularity.py), a short run
 normal images; each is scored on the validation normals with synthetic anomalies pasted in
 (data/synthetic.py: Perlin + texture, CutPaste, scar; fixed per seed). The scale with the highest
 mean of image and pixel AUROC there wins, and the full run trains with it. Nothing from the test
-split is read.
+split is read. With DAAD+, each trial's image score uses the latent share its own calibration chose on
+the same probe, so every scale is scored alike.
 """
 
 from __future__ import annotations
