@@ -66,8 +66,8 @@ class PRNConfig:
 
 def top_k_score(maps: torch.Tensor, top_k: int, reference_size: int) -> torch.Tensor:
     """Mean of the k highest values of each (H, W) map, k = top_k scaled by the area ratio to reference_size^2."""
-    height, width = maps.shape[-2:]
-    k = min(max(1, round(top_k * height * width / reference_size**2)), height * width)
+    area = maps[0].numel()  # a traced value during export: integer arithmetic only
+    k = min(max(1, (top_k * area + reference_size**2 // 2) // reference_size**2), area)  # rounded
     return maps.flatten(1).topk(k, dim=1).values.mean(1)
 
 
