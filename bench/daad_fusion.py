@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from defectmap import engine, metrics
-from defectmap.data.dataset import ImageDataset, collate, synthetic_probe
+from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.mvtec import open_category
+from defectmap.training import probe_batches
 
 
 @torch.no_grad()
@@ -45,10 +46,9 @@ def main() -> None:
         trained_weight = cfg.model.latent_weight
         category = open_category(cfg.data)
         val_set = ImageDataset(category.val, cfg.data.image_size, cache=True)
-        probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed)
-        probe_batches = ((b["image"], b["label"]) for b in DataLoader(probe, batch_size=cfg.train.eval_batch_size))
         cfg.model.fusion = "synthetic"
-        model.calibrate((b["image"] for b in DataLoader(val_set, batch_size=cfg.train.eval_batch_size)), probe_batches)
+        normals = (b["image"] for b in DataLoader(val_set, batch_size=cfg.train.eval_batch_size))
+        model.calibrate(normals, probe_batches(cfg, val_set, detector.device))
         labels, raw = raw_scores(model, ImageDataset(category.test, cfg.data.image_size), 32, detector.device)
         z = (raw - model.score_mean.cpu().numpy()) / model.score_std.cpu().numpy()
         shares = (0.0, 1.0, trained_weight, cfg.model.latent_weight)

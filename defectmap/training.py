@@ -55,7 +55,7 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
     return train_set, val_set
 
 
-def _probe(cfg: Config, val_set: ImageDataset, device: torch.device):
+def probe_batches(cfg: Config, val_set: ImageDataset, device: torch.device):
     """(images, labels) batches of the validation normals with synthetic anomalies, built only when iterated."""
     probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed)
     for batch in DataLoader(probe, batch_size=cfg.train.eval_batch_size):
@@ -219,7 +219,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
     model.eval()
-    chosen = model.calibrate((batch["image"].to(device) for batch in val_loader), _probe(cfg, val_set, device))
+    chosen = model.calibrate((batch["image"].to(device) for batch in val_loader), probe_batches(cfg, val_set, device))
     for key, value in chosen.items():  # recorded in the checkpoint's config
         setattr(cfg.model, key, value)
         if progress:
