@@ -23,7 +23,7 @@ from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import CategoryData, Sample, open_category
 from defectmap.data.transforms import resize_map
-from defectmap.errors import DataError, DefectmapError
+from defectmap.errors import ConfigError, DataError, DefectmapError
 from defectmap.models import MODELS, AnomalyModel
 from defectmap.threshold import calibrate, normalise, threshold_max_f1
 
@@ -166,13 +166,23 @@ def recalibrate(detector: Detector, false_reject_rate: float, defects: list[Samp
     return calibration
 
 
+def _scoring_set(config: Config, samples: list[Sample], skip_errors: bool = False) -> ImageDataset:
+    """What `test` and `predict` score: whole images, or overlapping tiles with `data.tile`."""
+    data = config.data
+    if data.tile and config.postprocess.normalize:
+        raise ConfigError(
+            "--tile cannot be used with postprocess.normalize: its per-position statistics describe whole "
+            "images, not tiles; score whole images or retrain without postprocess.normalize"
+        )
+    return ImageDataset(samples, data.image_size, max_pixels=data.max_pixels, skip_errors=skip_errors,
+                        tile=data.tile, tile_overlap=data.tile_overlap)  # fmt: skip
+
+
 def test_outputs(detector: Detector, category: CategoryData, *, progress: bool = True) -> dict:
     """Labels, scores, and (with ground truth) masks and maps at original size for the test split."""
     if not category.test:
         raise DataError(f"category {category.name} has no test images to evaluate")
-    cfg = detector.config.data
-    dataset = ImageDataset(category.test, cfg.image_size, max_pixels=cfg.max_pixels, tile=cfg.tile,
-                           tile_overlap=cfg.tile_overlap)  # fmt: skip
+    dataset = _scoring_set(detector.config, category.test)
     outputs = {"labels": [], "scores": [], "masks": [], "maps": [], "seconds": 0.0}
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     start = time.perf_counter()
@@ -228,9 +238,7 @@ def predict(detector: Detector, samples: list[Sample], *, progress: bool = True)
 
     An unreadable image yields {"path", "error"} instead, and prediction goes on.
     """
-    cfg = detector.config.data
-    dataset = ImageDataset(samples, cfg.image_size, max_pixels=cfg.max_pixels, skip_errors=True, tile=cfg.tile,
-                           tile_overlap=cfg.tile_overlap)  # fmt: skip
+    dataset = _scoring_set(detector.config, samples, skip_errors=True)
     cal = detector.calibration
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     for result in tqdm(results, total=len(dataset), desc="predicting", disable=not progress):

@@ -62,6 +62,19 @@ def probe_batches(cfg: Config, val_set: ImageDataset, device: torch.device):
         yield batch["image"].to(device), batch["label"]
 
 
+def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, device, progress: bool = False) -> dict:
+    """After training: the model's own calibration on validation normals (the config values it chooses are
+    written into `cfg.model`, so the checkpoint records them), then thresholds and normalisation."""
+    model.eval()
+    normals = (batch["image"].to(device) for batch in DataLoader(val_set, batch_size=cfg.train.eval_batch_size))
+    chosen = model.calibrate(normals, probe_batches(cfg, val_set, device))
+    for key, value in chosen.items():
+        setattr(cfg.model, key, value)
+        if progress:
+            tqdm.write(f"calibration chose model.{key}={value}")
+    return calibrate_on_validation(model, val_set, cfg.train.eval_batch_size, device, cfg.train.false_reject_rate)
+
+
 def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, train_set, val_set):
     """What the loop trains and early-stops on: normal images, or for models that learn from anomalies
     (`model.anomaly_mix`) an anomaly mix, with a fixed synthetic one on the validation normals."""
@@ -123,7 +136,6 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         distributed.broadcast_state(model)
     fit_set, val_loss_set = _training_sets(cfg, category, model, train_set, val_set)
     batch_size = min(cfg.train.batch_size, len(train_set))
-    val_loader = DataLoader(val_set, batch_size=cfg.train.eval_batch_size)
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     model.prepare(batch["image"].to(device) for batch in DataLoader(train_set, batch_size=cfg.train.eval_batch_size))
     if world > 1:
@@ -218,15 +230,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 break
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
-    model.eval()
-    chosen = model.calibrate((batch["image"].to(device) for batch in val_loader), probe_batches(cfg, val_set, device))
-    for key, value in chosen.items():  # recorded in the checkpoint's config
-        setattr(cfg.model, key, value)
-        if progress:
-            tqdm.write(f"calibration chose model.{key}={value}")
-    calibration = calibrate_on_validation(
-        model, val_set, cfg.train.eval_batch_size, device, cfg.train.false_reject_rate
-    )
+    calibration = calibrate_trained(cfg, model, val_set, device, progress)
     path = out / "model.ckpt"
     if not write:
         distributed.teardown()  # waits for rank 0 to finish writing

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from defectmap.models.hee import histogram_error_estimation
+from defectmap.models.hee import ErrorMapFilter, PostprocessConfig, histogram_error_estimation
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -45,8 +45,9 @@ def test_images_are_independent_and_batched():
         assert torch.equal(together[i], histogram_error_estimation(errors[i : i + 1])[0])
 
 
+@pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("method", ["ae", "daad", "pmb"])
-def test_hee_in_a_model_exports_with_parity(method, tmp_path):
+def test_hee_in_a_model_exports_with_parity(method, normalize, tmp_path):
     pytest.importorskip("onnxruntime")
     from defectmap.config import apply_overrides
     from defectmap.engine import Detector, build_model, load
@@ -54,9 +55,12 @@ def test_hee_in_a_model_exports_with_parity(method, tmp_path):
     from tests.conftest import tiny_config
 
     cfg = tiny_config(method)
-    apply_overrides(cfg, {"postprocess": {"hee": True}})
+    apply_overrides(cfg, {"postprocess": {"hee": True, "normalize": normalize}})
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    normals = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    model.calibrate([normals[:2], normals[2:]])
+    assert model.error_filter.expected.shape == ((32, 32) if normalize else (0,))
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     reference = model(images)
     assert (reference.anomaly_map >= 0).all()
@@ -64,3 +68,35 @@ def test_hee_in_a_model_exports_with_parity(method, tmp_path):
     exported = load(export(detector, tmp_path / "m.onnx"), device="cpu")
     got = exported.model(images)
     np.testing.assert_allclose(got.anomaly_map.numpy(), reference.anomaly_map.detach().numpy(), atol=1e-5)
+
+
+def test_position_normalisation_removes_what_every_normal_shares():
+    """Normals are hard to rebuild along the border; after `fit` the border no longer outranks a real defect."""
+    post = PostprocessConfig(normalize=True)
+    border = torch.full((32, 32), 0.01)
+    border[:, :3] = border[:, -3:] = 1.0
+    noise = torch.Generator().manual_seed(0)
+    normals = border * (1 + 0.1 * torch.rand(20, 32, 32, generator=noise))
+    defective = normals[:1].clone()
+    defective[0, 14:18, 14:18] += 0.2  # weaker than the border, far above what normals show there
+    plain, normalising = ErrorMapFilter(PostprocessConfig(), 1.0), ErrorMapFilter(post, 1.0)
+    assert normalising(defective).equal(plain(defective))  # identity until fitted
+    normalising.fit([normals[:8], normals[8:]])
+    centre = (slice(12, 20), slice(12, 20))
+    assert plain(defective)[0][centre].max() < plain(defective)[0].max()  # the border wins without it
+    assert normalising(defective)[0][centre].max() == normalising(defective)[0].max()
+    assert normalising(defective).flatten(1).amax(1) > 3 * normalising(normals[1:2]).flatten(1).amax(1)
+
+
+def test_position_normalisation_state_is_saved_only_when_on():
+    off = ErrorMapFilter(PostprocessConfig(), 1.0)
+    off.fit([torch.rand(2, 8, 8)])
+    assert "expected" not in off.state_dict() and off.expected.numel() == 0
+    on = ErrorMapFilter(PostprocessConfig(normalize=True), 1.0)
+    on.fit([torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))])
+    fresh = ErrorMapFilter(PostprocessConfig(normalize=True), 1.0)
+    fresh.load_state_dict(on.state_dict())  # the (H, W) shape comes from the checkpoint
+    errors = torch.rand(3, 8, 8)
+    assert fresh(errors).equal(on(errors))
+    with pytest.raises(ValueError, match="at least one"):
+        fresh.fit([])

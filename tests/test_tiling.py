@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from defectmap import engine, training
+from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import Sample
 from defectmap.data.transforms import tile_boxes
+from defectmap.errors import ConfigError
 from defectmap.models.base import AnomalyModel, Output
 from tests.conftest import tiny_config, write_image
 
@@ -49,3 +51,17 @@ def test_stitched_map_is_exact_for_a_local_model(tmp_path):
     result = next(engine.infer(ColumnModel(), dataset, 3, torch.device("cpu")))
     np.testing.assert_allclose(result["map"], expected, atol=1e-6)
     assert result["score"] == pytest.approx(expected.max(), abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ae", "daad"])
+def test_position_normalisation_is_fitted_in_training_and_refuses_tiles(method, tiny_dataset, tmp_path):
+    cfg = tiny_config(method, tiny_dataset)
+    apply_overrides(cfg, {"postprocess": {"normalize": True}})
+    detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
+    expected = detector.model.error_filter.expected
+    assert expected.shape == (32, 32) and bool((expected > 0).all())  # fitted on validation normals, saved
+    path = write_image(tmp_path / "x.png", np.random.default_rng(0).random((64, 64, 3)))
+    assert np.isfinite(next(engine.predict(detector, [Sample(path, 0)], progress=False))["map"]).all()
+    detector.config.data.tile = 64
+    with pytest.raises(ConfigError, match="--tile cannot be used with postprocess.normalize"):
+        next(engine.predict(detector, [Sample(path, 0)], progress=False))

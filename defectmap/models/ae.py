@@ -6,6 +6,7 @@ max of the map. Trained with MSE, optionally plus an SSIM term.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +121,14 @@ class Autoencoder(AnomalyModel):
         losses["loss"] = total
         return losses
 
+    def difference(self, images: torch.Tensor) -> torch.Tensor:
+        return reconstruction_error(images, self.reconstruct(images), self.cfg.error)  # (B, H, W)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor], probe: Iterable = ()) -> dict:
+        self.error_filter.fit(self.difference(images) for images in batches)
+        return {}
+
     def forward(self, images: torch.Tensor) -> Output:
-        maps = self.error_filter(reconstruction_error(images, self.reconstruct(images), self.cfg.error))  # (B, H, W)
+        maps = self.error_filter(self.difference(images))  # (B, H, W)
         return Output(maps.flatten(1).amax(1), maps)

@@ -180,6 +180,9 @@ class DAAD(AnomalyModel):
         recon, _ = self.reconstruct(batch["image"])
         return F.mse_loss(recon, batch["image"])
 
+    def difference(self, images: torch.Tensor) -> torch.Tensor:
+        return reconstruction_error(images, self.reconstruct(images)[0], "l2")  # (B, H, W)
+
     def _raw_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recon, _ = self.reconstruct(images)
         maps = self.error_filter(reconstruction_error(images, recon, "l2"))  # (B, H, W)
@@ -194,6 +197,8 @@ class DAAD(AnomalyModel):
     def calibrate(
         self, batches: Iterable[torch.Tensor], probe: Iterable[tuple[torch.Tensor, torch.Tensor]] = ()
     ) -> dict:
+        batches = list(batches)  # read twice: the error filter's statistics first, then the score statistics
+        self.error_filter.fit(self.difference(images) for images in batches)
         raw = torch.cat([self._raw_scores(images)[1] for images in batches])  # (N, 1 or 2)
         self.score_mean[: raw.shape[1]] = raw.mean(0)
         self.score_std[: raw.shape[1]] = raw.std(0).clamp_min(1e-8) if len(raw) > 1 else 1.0

@@ -9,6 +9,7 @@ normal detail passes while anomalies are rebuilt badly. Histogram Error Estimati
 and the alternation pattern below are [ours] (METHODS.md) and config fields.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +125,14 @@ class PMB(AnomalyModel):
         losses["loss"] = losses["mse"] + self.cfg.entropy_weight * losses["entropy"]
         return losses
 
+    def difference(self, images: torch.Tensor) -> torch.Tensor:
+        return reconstruction_error(images, self.reconstruct(images)[0], "l2")  # (B, H, W)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor], probe: Iterable = ()) -> dict:
+        self.error_filter.fit(self.difference(images) for images in batches)
+        return {}
+
     def forward(self, images: torch.Tensor) -> Output:
-        recon, _ = self.reconstruct(images)
-        maps = self.error_filter(reconstruction_error(images, recon, "l2"))  # (B, H, W)
+        maps = self.error_filter(self.difference(images))  # (B, H, W)
         return Output(maps.flatten(1).amax(1), maps)
