@@ -149,3 +149,11 @@ def test_too_many_anomalies_requested(tiny_dataset):
     apply_overrides(cfg, {"data": {"anomalies": 99}})
     with pytest.raises(Exception, match="has 4 defective test images"):
         open_category(cfg.data)
+
+
+@pytest.mark.parametrize("option", ["hee", "normalize"])
+def test_reconstruction_error_filters_are_refused(option):
+    cfg = tiny_config("prn")
+    apply_overrides(cfg, {"postprocess": {option: True}})
+    with pytest.raises(ConfigError, match=f"postprocess.{option} filters reconstruction errors"):
+        PRN(cfg.model, cfg.postprocess)

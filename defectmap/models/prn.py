@@ -189,8 +189,9 @@ class PRN(AnomalyModel):
     def __init__(self, cfg: PRNConfig | None = None, post: PostprocessConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or PRNConfig()
-        if post is not None and post.hee:
-            raise ConfigError("postprocess.hee filters reconstruction errors; prn outputs probabilities: drop it")
+        if post is not None and (post.hee or post.normalize):
+            option = "hee" if post.hee else "normalize"
+            raise ConfigError(f"postprocess.{option} filters reconstruction errors; prn outputs probabilities: drop it")
         if not 0 <= cfg.normal_share <= 1 or not 0 <= cfg.real_share <= 1 - cfg.normal_share:
             raise ConfigError("model.normal_share and model.real_share must be shares of 1 that sum to at most 1")
         if not 0 <= cfg.real_copy_share <= 1:
