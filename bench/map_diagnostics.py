@@ -43,7 +43,7 @@ def main() -> None:
     defects = np.array([sample.defect for sample in category.test])
     rows = []
     for name in args.variants.split(","):
-        outputs = engine.test_outputs(with_postprocess(base, VARIANTS[name]), category, progress=False)
+        outputs = engine.test_outputs(with_postprocess(base, VARIANTS[name], category), category, progress=False)
         labels, scores = np.array(outputs["labels"]), np.array(outputs["scores"])
         good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
         row = {"variant": name, "image_auroc": metrics.image_auroc(labels, scores), "defect_types": {}}

@@ -11,6 +11,7 @@ of one benchmark folder (`.../<model>/seed<S>/model.ckpt`) are summarised as mea
 """
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from defectmap import engine
 from defectmap.benchmark import markdown, summarise
 from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
-from defectmap.data.mvtec import open_category
+from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
 from defectmap.training import calibrate_trained
 
@@ -30,9 +31,9 @@ VARIANTS = {
 }
 
 
-def with_postprocess(base: engine.Detector, post: dict) -> engine.Detector:
+def with_postprocess(base: engine.Detector, post: dict, category: CategoryData) -> engine.Detector:
     """`base`'s weights under other error-map settings, calibrated on validation normals as `train` ends."""
-    cfg = base.config
+    cfg = copy.deepcopy(base.config)  # calibration writes the values it chooses into the config
     apply_overrides(cfg, {"postprocess": post})
     model = engine.build_model(cfg).to(base.device)
     # The expected-difference buffer is fitted by the calibration; every other weight must match.
@@ -40,7 +41,7 @@ def with_postprocess(base: engine.Detector, post: dict) -> engine.Detector:
     if unexpected or set(missing) - {"error_filter.expected"}:
         raise SystemExit(f"{cfg.method} checkpoint: weights do not match ({missing + unexpected})")
     data = cfg.data
-    val_set = ImageDataset(open_category(data).val, data.image_size, cache=True, max_pixels=data.max_pixels)
+    val_set = ImageDataset(category.val, data.image_size, cache=True, max_pixels=data.max_pixels)
     calibration = calibrate_trained(cfg, model, val_set, base.device)
     return engine.Detector(model.eval(), cfg, calibration, base.device, base.info)
 
@@ -65,9 +66,10 @@ def main() -> None:
         base = engine.load(checkpoint)
         if not hasattr(base.model, "error_filter"):
             raise SystemExit(f"{checkpoint}: {base.config.method} is not a reconstruction model")
+        category = open_category(base.config.data)
         for name in variants:
-            detector = with_postprocess(base, VARIANTS[name])
-            cfg, category = detector.config, open_category(detector.config.data)
+            detector = with_postprocess(base, VARIANTS[name], category)
+            cfg = detector.config
             report = engine.evaluate(detector, category, progress=False)
             row = {"checkpoint": checkpoint, "category": cfg.data.category, "method": cfg.method,
                    "variant": f"{run_label(checkpoint)} + {name}", **VARIANTS[name]}  # fmt: skip

@@ -98,5 +98,7 @@ def test_position_normalisation_state_is_saved_only_when_on():
     fresh.load_state_dict(on.state_dict())  # the (H, W) shape comes from the checkpoint
     errors = torch.rand(3, 8, 8)
     assert fresh(errors).equal(on(errors))
+    larger = torch.rand(1, 16, 16)  # another input size: the expected difference is resized to it
+    assert fresh(larger).shape == (1, 16, 16) and not fresh(larger).equal(off(larger))
     with pytest.raises(ValueError, match="at least one"):
         fresh.fit([])
