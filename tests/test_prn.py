@@ -13,7 +13,7 @@ from defectmap.config import apply_overrides
 from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
 from defectmap.data.mvtec import open_category
 from defectmap.data.synthetic import AnomalyMix
-from defectmap.errors import ConfigError
+from defectmap.errors import ConfigError, DataError
 from defectmap.models.backbone import FrozenBackbone
 from defectmap.models.prn import PRN, PrototypeResidual, top_k_score
 from tests.conftest import tiny_config
@@ -117,6 +117,19 @@ def test_real_copy_share_chooses_copies_or_extended_anomalies(normals_and_real, 
     copies = [any(torch.equal(item["image"], o) or torch.equal(item["image"], o.flip(2)) for o in originals)
               for item in items]  # fmt: skip
     assert all(copies) if copy_share == 1.0 else not any(copies)
+
+
+def test_real_anomalies_with_empty_masks_are_never_trained_on(normals_and_real):
+    normals, real = normals_and_real
+    unmarked = {**real[0], "mask": torch.zeros_like(real[0]["mask"])}  # a defect its mask does not mark
+    mix = AnomalyMix(0.0, 1.0, synthetic_kinds=(), copy_share=1.0)
+    mixes = [AnomalyMixDataset(normals, mix, seed=s, anomalies=[unmarked, real[1]]) for s in range(3)]
+    items = [m[i] for m in mixes for i in range(4)]
+    assert all(torch.equal(item["image"], real[1]["image"]) or torch.equal(item["image"], real[1]["image"].flip(2))
+               for item in items)  # fmt: skip
+    assert all(int(item["label"]) == 1 for item in items)
+    with pytest.raises(DataError, match="none of the 1 real anomalies marks a defect pixel"):
+        AnomalyMixDataset(normals, mix, seed=0, anomalies=[unmarked])
 
 
 def test_training_anomalies_are_recorded_and_absent_from_evaluation(tiny_dataset, tmp_path):

@@ -116,6 +116,13 @@ class AnomalyMixDataset(Dataset):
             raise DataError("no synthetic anomaly kinds and not enough real anomalies to fill the training mix")
         self.normals, self.mix, self.seed = normals, mix, seed
         self.textures, self.anomalies, self.foregrounds = textures or [], anomalies, foregrounds
+        # A defective image whose mask marks nothing (Magnetic Tile has a few) would train as a normal one.
+        self.real_indices = [i for i in range(len(anomalies)) if anomalies[i]["mask"].any()] if anomalies else []
+        if anomalies is not None and mix.real_share > 0 and not self.real_indices:
+            raise DataError(
+                f"none of the {len(anomalies)} real anomalies marks a defect pixel in its mask; "
+                "draw others (data.anomaly_seed) or set model.real_share=0"
+            )
         self.fixed = fixed
         self.epoch = 0
 
@@ -129,8 +136,9 @@ class AnomalyMixDataset(Dataset):
         draw = float(torch.rand((), generator=generator))
         if draw < self.mix.normal_share:
             return item
-        if self.anomalies is not None and draw < self.mix.normal_share + self.mix.real_share:
-            real = self.anomalies[int(torch.randint(len(self.anomalies), (), generator=generator))]
+        if self.real_indices and draw < self.mix.normal_share + self.mix.real_share:
+            pick = int(torch.randint(len(self.real_indices), (), generator=generator))
+            real = self.anomalies[self.real_indices[pick]]
             if float(torch.rand((), generator=generator)) < self.mix.copy_share:  # the anomaly itself, maybe mirrored
                 flip = float(torch.rand((), generator=generator)) < 0.5
                 image, mask = (real["image"].flip(2), real["mask"].flip(1)) if flip else (real["image"], real["mask"])
