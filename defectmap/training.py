@@ -135,6 +135,10 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         model = distributed.convert_batchnorm(model)
         distributed.broadcast_state(model)
     fit_set, val_loss_set = _training_sets(cfg, category, model, train_set, val_set)
+    # With real anomalies, fit_set is an AnomalyMixDataset (models without an anomaly mix refuse them).
+    unmarked = len(category.anomalies) - len(fit_set.real_indices) if category.anomalies else 0
+    if unmarked and progress and rank == 0:
+        tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     model.prepare(batch["image"].to(device) for batch in DataLoader(train_set, batch_size=cfg.train.eval_batch_size))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from defectmap.data.synthetic import AnomalyMix
 from defectmap.errors import ConfigError, DataError
 from defectmap.models.backbone import FrozenBackbone
 from defectmap.models.prn import PRN, PrototypeResidual, top_k_score
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_image
 
 
 def test_backbone_batchnorm_never_changes_during_training(tiny_dataset):
@@ -148,6 +149,15 @@ def test_training_anomalies_are_recorded_and_absent_from_evaluation(tiny_dataset
     json.dumps(report)  # metrics.json can hold it
     other_seed = open_category(tiny_config("prn", tiny_dataset).data.__class__(**{**vars(cfg.data), "anomaly_seed": 6}))
     assert len(other_seed.anomalies) == 2
+
+
+def test_training_reports_real_anomalies_whose_mask_marks_nothing(tiny_dataset, tmp_path, capsys):
+    write_image(tiny_dataset / "tiny" / "ground_truth" / "hole" / "00_mask.png", np.zeros((48, 48), np.float32))
+    cfg = tiny_config("prn", tiny_dataset)
+    apply_overrides(cfg, {"data": {"anomalies": 4}})  # every defective test image, the unmarked one included
+    training.fit(cfg, tmp_path / "run", progress=True)
+    captured = capsys.readouterr()
+    assert "1 of the 4 real anomalies mark no pixel: not trained on" in captured.out + captured.err
 
 
 def test_real_anomalies_are_refused_for_models_that_learn_from_normal_images(tiny_dataset, tmp_path):
