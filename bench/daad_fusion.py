@@ -32,6 +32,14 @@ def raw_scores(model, dataset: ImageDataset, batch_size: int, device) -> tuple[n
     return np.array(labels), torch.cat(raws).numpy()
 
 
+def load_daad_plus(checkpoint: str):
+    """(detector, model, config) of a DAAD+ checkpoint on the CPU; exits with a message for any other model."""
+    detector = engine.load(checkpoint, device="cpu")
+    if getattr(detector.model, "discriminator", None) is None:
+        raise SystemExit(f"{checkpoint}: not a DAAD+ checkpoint (no discriminator)")
+    return detector, detector.model, detector.config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
@@ -39,10 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for checkpoint in args.checkpoints:
-        detector = engine.load(checkpoint, device="cpu")
-        model, cfg = detector.model, detector.config
-        if model.discriminator is None:
-            raise SystemExit(f"{checkpoint}: not a DAAD+ checkpoint (no discriminator)")
+        detector, model, cfg = load_daad_plus(checkpoint)
         trained_weight = cfg.model.latent_weight
         category = open_category(cfg.data)
         val_set = ImageDataset(category.val, cfg.data.image_size, cache=True)

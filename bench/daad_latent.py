@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from daad_fusion import load_daad_plus  # bench/ is the script's folder, so on sys.path
 from torch import nn
 from torch.utils.data import DataLoader
 
-from defectmap import engine, metrics
+from defectmap import metrics
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.mvtec import open_category
 from defectmap.training import probe_batches
@@ -62,10 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for checkpoint in args.checkpoints:
-        detector = engine.load(checkpoint, device="cpu")
-        model, cfg = detector.model, detector.config
-        if model.discriminator is None:
-            raise SystemExit(f"{checkpoint}: not a DAAD+ checkpoint (no discriminator)")
+        detector, model, cfg = load_daad_plus(checkpoint)
         category = open_category(cfg.data)
         test = ImageDataset(category.test, cfg.data.image_size)
         test_batches = ((b["image"], b["label"]) for b, _ in DataLoader(test, batch_size=32, collate_fn=collate))
