@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from defectmap import metrics
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.mvtec import open_category
+from defectmap.models.ae import reconstruction_error
 from defectmap.training import probe_batches
 
 
@@ -41,7 +42,7 @@ def scores(model, batches) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     labels, columns = [], {}
     for images, batch_labels in batches:
         recon, _ = model.reconstruct(images)
-        maps = model.error_filter((images - recon).pow(2).mean(1))
+        maps = model.error_filter(reconstruction_error(images, recon, "l2"))  # the map DAAD+ scores
         found = {"map max": maps.flatten(1).amax(1)}
         discriminator = model.discriminator
         pairs = zip(layer_features(discriminator, images), layer_features(discriminator, recon), strict=True)
@@ -63,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for checkpoint in args.checkpoints:
-        detector, model, cfg = load_daad_plus(checkpoint)
+        _, model, cfg = load_daad_plus(checkpoint)
         category = open_category(cfg.data)
         test = ImageDataset(category.test, cfg.data.image_size)
         test_batches = ((b["image"], b["label"]) for b, _ in DataLoader(test, batch_size=32, collate_fn=collate))

@@ -117,7 +117,7 @@ class AnomalyMixDataset(Dataset):
         self.normals, self.mix, self.seed = normals, mix, seed
         self.textures, self.anomalies, self.foregrounds = textures or [], anomalies, foregrounds
         # A defective image whose mask marks nothing (Magnetic Tile has a few) would train as a normal one.
-        self.real_indices = [i for i in range(len(anomalies)) if anomalies[i]["mask"].any()] if anomalies else []
+        self.real_indices = [i for i in range(len(anomalies or [])) if anomalies[i]["mask"].any()]
         if anomalies is not None and mix.real_share > 0 and not self.real_indices:
             raise DataError(
                 f"none of the {len(anomalies)} real anomalies marks a defect pixel in its mask; "
