@@ -3,9 +3,10 @@
     python bench/map_diagnostics.py RUN/model.ckpt [--variants none,normalize] [--out bench/results/diag.json]
 
 For each post-processing variant (see bench/postprocess.py) of the same weights, on the test split at
-each image's original resolution: image AUROC and AU-PRO of every defect type against the good images,
-and the share of good and of defective images whose map maximum (the image score of AE and PMB) lies
-within `--border` (a fraction of the height or width) of the image edge.
+each image's original resolution: image AUROC and AU-PRO of every defect type against the good images, how
+many of each type the calibrated threshold misses, and the share of good and of defective images whose map
+maximum (the image score of AE and PMB) lies within `--border` (a fraction of the height or width) of the
+image edge.
 """
 
 import argparse
@@ -43,18 +44,17 @@ def main() -> None:
     defects = np.array([sample.defect for sample in category.test])
     rows = []
     for name in args.variants.split(","):
-        outputs = engine.test_outputs(with_postprocess(base, VARIANTS[name], category), category, progress=False)
+        detector = with_postprocess(base, VARIANTS[name], category)
+        outputs = engine.test_outputs(detector, category, progress=False)
         labels, scores = np.array(outputs["labels"]), np.array(outputs["scores"])
         good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-        row = {"variant": name, "image_auroc": metrics.image_auroc(labels, scores), "defect_types": {}}
+        row = {"variant": name, "image_auroc": metrics.image_auroc(labels, scores)}
         row["max_near_border_good"] = border_share([outputs["maps"][i] for i in good], args.border)
         row["max_near_border_defective"] = border_share([outputs["maps"][i] for i in bad], args.border)
-        for defect in sorted(set(defects[labels == 1])):
+        row["defect_types"] = metrics.per_defect_type(labels, scores, defects, detector.calibration["threshold"])
+        for defect, entry in row["defect_types"].items():
             chosen = np.concatenate([good, np.flatnonzero(defects == defect)])
-            row["defect_types"][defect] = {
-                "image_auroc": metrics.image_auroc(labels[chosen], scores[chosen]),
-                "aupro": metrics.aupro([outputs["masks"][i] for i in chosen], [outputs["maps"][i] for i in chosen]),
-            }
+            entry["aupro"] = metrics.aupro([outputs["masks"][i] for i in chosen], [outputs["maps"][i] for i in chosen])
         rows.append(row)
         types = "  ".join(f"{d} {v['image_auroc']:.3f}/{v['aupro']:.3f}" for d, v in row["defect_types"].items())
         print(f"{name}: image AUROC {row['image_auroc']:.4f}; map max near the border: good "

@@ -223,6 +223,7 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "notes": list(category.notes),
         "model": dataclasses.asdict(detector.config.model),  # e.g. which backbone, and whether pretrained
         "training_anomalies": category.anomaly_record(),
+        "defect_types": metrics.per_defect_type(labels, scores, [s.defect for s in category.test], threshold),
         "images": [
             {"path": str(category.test[i].path), "defect": category.test[i].defect, "label": label, "score": score}
             for i, (label, score) in enumerate(zip(labels, scores, strict=True))

@@ -100,6 +100,25 @@ def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
     return _auroc(*_cumulative_counts(scores_t, labels_t))
 
 
+def per_defect_type(
+    labels: Sequence[int], scores: Sequence[float], defects: Sequence[str], threshold: float
+) -> dict[str, dict]:
+    """For each defect type: its image count, its image AUROC against all good images (None without good
+    images) and how many of its images score at or below `threshold` (missed)."""
+    labels_np, scores_np, defects_np = np.asarray(labels), np.asarray(scores, dtype=np.float64), np.asarray(defects)
+    good = labels_np == 0
+    breakdown = {}
+    for defect in sorted(set(defects_np[labels_np == 1].tolist())):
+        chosen = defects_np == defect
+        auroc = image_auroc(labels_np[good | chosen], scores_np[good | chosen])
+        breakdown[defect] = {
+            "images": int(chosen.sum()),
+            "image_auroc": None if math.isnan(auroc) else auroc,
+            "missed": int((scores_np[chosen] <= threshold).sum()),
+        }
+    return breakdown
+
+
 def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
     """ROC AUC over all pixels of all images."""
     return _auroc(*_cumulative_counts(*_flatten(masks, maps)))

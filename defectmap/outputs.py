@@ -134,6 +134,9 @@ def format_table(report: dict) -> str:
         f"  at the calibrated threshold: {report['good_rejected']} good rejected, "
         f"{report['defects_missed']} defects missed"
     )
+    for defect, row in report.get("defect_types", {}).items():
+        auroc = "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.4f}"
+        lines.append(f"    {defect + ':':<26} image AUROC {auroc}, {row['missed']} of {row['images']} missed")
     lines += [f"  note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
 

@@ -112,6 +112,17 @@ def _gallery_order(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     return [int(i) for i in missed + rejected + rest]
 
 
+def _defect_table(defect_types: dict[str, dict]) -> str:
+    """HTML table of the per-defect-type breakdown `engine.evaluate` reports."""
+    rows = []
+    for defect, row in defect_types.items():
+        auroc = "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.4f}"
+        rows.append(f"<tr><td>{html.escape(defect)}</td><td>{row['images']}</td><td>{auroc}</td>"
+                    f"<td>{row['missed']}</td></tr>")  # fmt: skip
+    header = "<tr><th>defect type</th><th>images</th><th>image AUROC against the good images</th><th>missed</th></tr>"
+    return f"<table>{header}{''.join(rows)}</table>"
+
+
 def write_report(detector, category, out_dir: str | Path, *, gallery_size: int = 24,
                  progress: bool = True) -> tuple[Path, dict]:  # fmt: skip
     """Evaluate `detector` on the test split of `category`, write OUT_DIR/report.html; (path, metrics)."""
@@ -128,6 +139,8 @@ def write_report(detector, category, out_dir: str | Path, *, gallery_size: int =
         f"{threshold:.5g} (set on good validation images only): <b>{report['good_rejected']} good parts "
         f"rejected / {report['defects_missed']} defects missed</b>. F1-max uses an oracle threshold.</p>",
     ]
+    if report["defect_types"]:
+        body.append(_defect_table(report["defect_types"]))
     fpr, tpr = metrics.roc_curve(labels, scores)
     charts = [_svg_curve("image ROC", "FPR", "TPR", [("ROC", fpr, tpr, "#1f77b4")])]
     if category.has_masks:

@@ -56,7 +56,11 @@ def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
     for name in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max"):
         assert isinstance(report[name], float) and 0.0 <= report[name] <= 1.0, name
     assert report["test_images"] == 7 and report["defective_images"] == 4
-    assert "image_auroc" in capsys.readouterr().out
+    types = report["defect_types"]  # the breakdown adds up to the totals
+    assert types and sum(t["images"] for t in types.values()) == report["defective_images"]
+    assert sum(t["missed"] for t in types.values()) == report["defects_missed"]
+    printed = capsys.readouterr().out
+    assert "image_auroc" in printed and all(f"{defect}:" in printed for defect in types)
 
     out = tmp_path / "pred"
     test_dir = tiny_dataset / "tiny" / "test"

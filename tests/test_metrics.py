@@ -106,6 +106,21 @@ def test_good_only_images_give_nan_and_image_auroc_matches_sklearn():
     assert math.isnan(metrics.image_auroc([0, 0], [0.1, 0.2]))
 
 
+def test_per_defect_type_scores_each_type_against_the_good_images():
+    labels = [0, 0, 0, 1, 1, 1, 1]
+    scores = [0.1, 0.2, 0.3, 0.9, 0.8, 0.15, 0.25]
+    defects = ["good", "good", "good", "crack", "crack", "hole", "hole"]
+    breakdown = metrics.per_defect_type(labels, scores, defects, threshold=0.85)
+    assert list(breakdown) == ["crack", "hole"]
+    assert breakdown["crack"] == {"images": 2, "image_auroc": 1.0, "missed": 1}
+    hole = [0, 0, 0, 1, 1]
+    expected = roc_auc_score(hole, [0.1, 0.2, 0.3, 0.15, 0.25])
+    assert breakdown["hole"] == {"images": 2, "image_auroc": pytest.approx(expected), "missed": 2}
+    assert expected == pytest.approx(0.5)
+    no_good = metrics.per_defect_type([1, 1], [0.4, 0.6], ["crack", "crack"], threshold=0.5)
+    assert no_good == {"crack": {"images": 2, "image_auroc": None, "missed": 1}}
+
+
 def test_perfect_and_inverted_maps():
     masks, maps = random_case(np.random.default_rng(1))
     perfect = [m.astype(np.float32) for m in masks]
