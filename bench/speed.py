@@ -75,17 +75,19 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure(name: str, size: int, compile_step: bool = False) -> dict:
+def measure(name: str, size: int, compile_step: bool = False, channels_last: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model, step = build(name, compile_step and name != "draem")
-    model.to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout)  # as training.fit does with train.channels_last
     cpu = device.type == "cpu"
     train_batch = 8 if cpu else 32
-    train_images = torch.rand(train_batch, 3, size, size, device=device)
+    train_images = torch.rand(train_batch, 3, size, size, device=device).contiguous(memory_format=layout)
     train_s = timed(lambda: step(train_images), 3 if cpu else 10, device)
     model.eval()
-    one, many = torch.rand(1, 3, size, size, device=device), torch.rand(32, 3, size, size, device=device)
+    one = torch.rand(1, 3, size, size, device=device).contiguous(memory_format=layout)
+    many = torch.rand(32, 3, size, size, device=device).contiguous(memory_format=layout)
     with torch.no_grad():
         latency = timed(lambda: model(one), 10 if cpu else 50, device)
         batch_s = timed(lambda: model(many), 2 if cpu else 20, device)
@@ -94,8 +96,9 @@ def measure(name: str, size: int, compile_step: bool = False) -> dict:
         if not cpu
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
+    suffix = (" (compiled)" if compile_step and name != "draem" else "") + (" (channels-last)" if channels_last else "")
     return {
-        "model": name + (" (compiled)" if compile_step and name != "draem" else ""),
+        "model": name + suffix,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "train_images_per_s": train_batch / train_s,
         "latency_ms_batch1": latency * 1000,
@@ -110,10 +113,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--out", default="bench/results/speed.json")
     parser.add_argument("--compile", action="store_true", help="torch.compile our training steps (train.compile)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time each of our models with train.channels_last, in the same run")  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model in this process
+    parser.add_argument("--nhwc", action="store_true", help=argparse.SUPPRESS)  # internal: --one, channels-last
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.size, args.compile)))
+        print(json.dumps(measure(args.one, args.size, args.compile, args.nhwc)))
         return
     from defectmap.models import MODELS
 
@@ -124,9 +130,12 @@ def main() -> None:
         names.append("draem")
     except ImportError:
         print("anomalib is not installed: no DRAEM reference in this run (pip install anomalib)")
+    runs = [(name, []) for name in names]
+    if args.channels_last:
+        runs = [run for name in names for run in [(name, [])] + ([(name, ["--nhwc"])] if name != "draem" else [])]
     rows = []
-    for name in names:
-        command = [sys.executable, __file__, "--one", name, "--size", str(args.size)]
+    for name, extra in runs:
+        command = [sys.executable, __file__, "--one", name, "--size", str(args.size), *extra]
         result = subprocess.run(command + (["--compile"] if args.compile else []), capture_output=True, text=True)
         if result.returncode:
             print(f"{name}: failed: {result.stderr.strip().splitlines()[-1]}")

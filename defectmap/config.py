@@ -56,7 +56,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between training-state saves to last.ckpt (also saved every epoch)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns, slower on GPU
     amp: str = "off"  # mixed precision: off | bf16 | fp16 (CUDA, with gradient scaling)
-    channels_last: bool = False  # NHWC memory layout, faster convolutions on recent GPUs
+    # NHWC weights: on a 2-core CPU 1.0-1.8x faster training steps and 1.2-1.7x faster batch inference
+    # (bench/speed.py --channels-last); false reproduces runs made before this became the default.
+    channels_last: bool = True
     compile: bool = False  # torch.compile the training step (model.loss); the first steps pay for compilation
 
 

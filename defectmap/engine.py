@@ -54,7 +54,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: Config) -> AnomalyModel:
-    return MODELS[cfg.method](cfg.model, cfg.postprocess)
+    model = MODELS[cfg.method](cfg.model, cfg.postprocess)
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
 def load(path: str | Path, device: str = "auto") -> Detector:

@@ -151,8 +151,6 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     }
     write = rank == 0
     amp_dtype, scaler = _mixed_precision(cfg.train.amp, device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     loss_fn = torch.compile(model.loss) if cfg.train.compile else model.loss
     state = TrainState()
     if resume:

@@ -16,8 +16,8 @@ def trained_weights(root, out, **train):
 
 
 def test_bf16_autocast_and_channels_last_on_cpu(tiny_dataset, tmp_path):
-    plain = trained_weights(tiny_dataset, tmp_path / "plain")
-    bf16 = trained_weights(tiny_dataset, tmp_path / "bf16", amp="bf16")
+    plain = trained_weights(tiny_dataset, tmp_path / "plain", channels_last=False)
+    bf16 = trained_weights(tiny_dataset, tmp_path / "bf16", amp="bf16", channels_last=False)
     nhwc = trained_weights(tiny_dataset, tmp_path / "nhwc", channels_last=True)
     assert all(torch.isfinite(v.float()).all() for v in bf16.values())
     weights = [k for k, v in plain.items() if v.is_floating_point()]
