@@ -80,7 +80,7 @@ def measure(name: str, size: int, compile_step: bool = False, channels_last: boo
     torch.manual_seed(0)
     model, step = build(name, compile_step and name != "draem")
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(device, memory_format=layout)  # as training.fit does with train.channels_last
+    model.to(device, memory_format=layout)  # as engine.build_model does with train.channels_last
     cpu = device.type == "cpu"
     train_batch = 8 if cpu else 32
     train_images = torch.rand(train_batch, 3, size, size, device=device).contiguous(memory_format=layout)

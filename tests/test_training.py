@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from defectmap import training
+from defectmap import engine, training
 from defectmap.config import apply_overrides
 from defectmap.errors import DefectmapError
 from tests.conftest import tiny_config
@@ -24,6 +24,16 @@ def test_bf16_autocast_and_channels_last_on_cpu(tiny_dataset, tmp_path):
     assert any(not torch.equal(plain[k], bf16[k]) for k in weights)  # autocast really ran in bf16
     for k in weights:
         torch.testing.assert_close(nhwc[k], plain[k], atol=1e-5, rtol=1e-4)  # same maths, other layout
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_checkpoints_load_in_the_layout_they_were_trained_in(tiny_dataset, tmp_path, channels_last):
+    cfg = tiny_config("ae", tiny_dataset, epochs=1)
+    apply_overrides(cfg, {"train": {"channels_last": channels_last}})
+    detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False))
+    convs = [m.weight for m in detector.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [w for w in convs if w[0, 0].numel() > 1]  # a 1x1 kernel is contiguous in both layouts
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == channels_last for w in convs)
 
 
 @pytest.mark.parametrize("amp,message", [("fp16", "needs a CUDA device"), ("fp8", "must be off, bf16 or fp16")])
