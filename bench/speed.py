@@ -1,9 +1,11 @@
 """Speed of every model: training images/s, inference latency at batch 1, throughput at batch 32, peak memory.
 
-    python bench/speed.py [--size 256] [--out bench/results/speed_cpu.json]
+    python bench/speed.py [--size 256] [--channels-last] [--out bench/results/speed_cpu.json]
 
 Each model runs in its own subprocess (so peak memory is its own) with default settings, random
-inputs, on CUDA when present else the CPU. When anomalib is installed (optional, not a dependency),
+inputs, on CUDA when present else the CPU. Rows without a suffix time NCHW weights (the layout before
+`train.channels_last` became the default); `--channels-last` adds a "(channels-last)" row per model, the
+default layout today, timed in the same run. When anomalib is installed (optional, not a dependency),
 its DRAEM (`DraemModel`) is timed the same way in the same run, and the table shows each model's
 inference speed relative to it. DRAEM's training step here is its two subnetworks' forward and
 backward with an L2 + cross-entropy loss on random masks (anomalib's augmentation is not timed).
@@ -116,10 +118,9 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="also time each of our models with train.channels_last, in the same run")  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model in this process
-    parser.add_argument("--nhwc", action="store_true", help=argparse.SUPPRESS)  # internal: --one, channels-last
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one, args.size, args.compile, args.nhwc)))
+    if args.one:  # with --channels-last: that layout only
+        print(json.dumps(measure(args.one, args.size, args.compile, args.channels_last)))
         return
     from defectmap.models import MODELS
 
@@ -130,9 +131,11 @@ def main() -> None:
         names.append("draem")
     except ImportError:
         print("anomalib is not installed: no DRAEM reference in this run (pip install anomalib)")
-    runs = [(name, []) for name in names]
-    if args.channels_last:
-        runs = [run for name in names for run in [(name, [])] + ([(name, ["--nhwc"])] if name != "draem" else [])]
+    runs = []  # (model, extra arguments of its subprocess)
+    for name in names:
+        runs.append((name, []))
+        if args.channels_last and name != "draem":
+            runs.append((name, ["--channels-last"]))
     rows = []
     for name, extra in runs:
         command = [sys.executable, __file__, "--one", name, "--size", str(args.size), *extra]
