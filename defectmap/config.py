@@ -32,6 +32,8 @@ class DataConfig:
     # split with anomaly_seed, used for training and removed from evaluation.
     anomalies: int = 0
     anomaly_seed: int = 0
+    # uniform: any k defective images; per_type: as even a share of every defect type (folder) as k allows
+    anomaly_sampling: str = "uniform"
     texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
     foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks

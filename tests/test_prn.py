@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from defectmap import evaluate, load, training
 from defectmap.cli import main
 from defectmap.config import apply_overrides
 from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
-from defectmap.data.mvtec import open_category
+from defectmap.data.mvtec import CategoryData, Sample, hold_out_anomalies, open_category
 from defectmap.data.synthetic import AnomalyMix
 from defectmap.errors import ConfigError, DataError
 from defectmap.models.backbone import FrozenBackbone
@@ -172,6 +174,39 @@ def test_too_many_anomalies_requested(tiny_dataset):
     apply_overrides(cfg, {"data": {"anomalies": 99}})
     with pytest.raises(Exception, match="has 4 defective test images"):
         open_category(cfg.data)
+
+
+def _category_with_defects(counts: dict[str, int]) -> CategoryData:
+    test = [Sample(Path(f"good_{i}.png"), 0) for i in range(5)]
+    for defect, count in counts.items():
+        test += [Sample(Path(f"{defect}_{i}.png"), 1, defect, Path(f"{defect}_{i}_mask.png")) for i in range(count)]
+    return CategoryData("c", train=[], val=[], test=test, has_masks=True)
+
+
+def test_per_type_sampling_covers_every_defect_type_evenly():
+    counts = {"crack": 30, "hole": 12, "fray": 2}
+    draws = {}
+    for seed in range(4):
+        category = _category_with_defects(counts)
+        hold_out_anomalies(category, 7, seed, "per_type")
+        per_type = Counter(s.defect for s in category.anomalies)
+        assert per_type == {"crack": 3, "hole": 2, "fray": 2} or per_type == {"crack": 2, "hole": 3, "fray": 2}
+        assert not {s.path for s in category.anomalies} & {s.path for s in category.test}
+        assert len(category.test) == 5 + 44 - 7
+        assert category.anomaly_record()["sampling"] == "per_type"
+        draws[seed] = [s.path for s in category.anomalies]
+    again = _category_with_defects(counts)
+    hold_out_anomalies(again, 7, 0, "per_type")
+    assert [s.path for s in again.anomalies] == draws[0]  # deterministic per seed
+    assert len(set(map(tuple, draws.values()))) > 1  # and the seed matters
+    uniform = _category_with_defects({"crack": 300, "hole": 2})
+    hold_out_anomalies(uniform, 2, 0, "uniform")  # uniform draws follow the type sizes
+    assert [s.defect for s in uniform.anomalies] == ["crack", "crack"]
+
+
+def test_unknown_anomaly_sampling_is_a_clear_error():
+    with pytest.raises(DataError, match="unknown data.anomaly_sampling 'even'; use uniform or per_type"):
+        hold_out_anomalies(_category_with_defects({"crack": 3}), 2, 0, "even")
 
 
 @pytest.mark.parametrize("option", ["hee", "normalize"])

@@ -33,10 +33,12 @@ class CategoryData:
     notes: list[str] = field(default_factory=list)
     anomalies: list[Sample] = field(default_factory=list)  # real anomalies for training, not in `test`
     anomaly_seed: int = 0  # the seed that drew them
+    anomaly_sampling: str = "uniform"  # how they were drawn (data.anomaly_sampling)
 
     def anomaly_record(self) -> dict:
         """Which real anomalies trained the model (kept in the checkpoint and metrics.json)."""
-        return {"count": len(self.anomalies), "seed": self.anomaly_seed, "paths": [str(s.path) for s in self.anomalies]}
+        record = {"count": len(self.anomalies), "seed": self.anomaly_seed, "sampling": self.anomaly_sampling}
+        return {**record, "paths": [str(s.path) for s in self.anomalies]}
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -165,19 +167,40 @@ def open_category(cfg: DataConfig) -> CategoryData:
         raise DataError(f"unknown data.format '{cfg.format}'; available: auto, {', '.join(formats)}")
     category = formats[name](cfg)
     if cfg.anomalies:
-        hold_out_anomalies(category, cfg.anomalies, cfg.anomaly_seed)
+        hold_out_anomalies(category, cfg.anomalies, cfg.anomaly_seed, cfg.anomaly_sampling)
     return category
 
 
-def hold_out_anomalies(category: CategoryData, k: int, seed: int) -> None:
+def _sample_per_type(candidates: list[Sample], k: int, rng: random.Random) -> list[Sample]:
+    """k samples taken round-robin over the defect types, so type counts differ by at most one."""
+    by_type: dict[str, list[Sample]] = {}
+    for sample in candidates:
+        by_type.setdefault(sample.defect, []).append(sample)
+    queues = [rng.sample(by_type[defect], len(by_type[defect])) for defect in sorted(by_type)]
+    rng.shuffle(queues)  # which types get one more when k is not a multiple of their number
+    chosen: list[Sample] = []
+    while len(chosen) < k:
+        for queue in queues:
+            if queue and len(chosen) < k:
+                chosen.append(queue.pop())
+    return chosen
+
+
+def hold_out_anomalies(category: CategoryData, k: int, seed: int, sampling: str = "uniform") -> None:
     """Move k seeded-random defective test images (with masks) to `category.anomalies`, out of the test set."""
     candidates = [s for s in category.test if s.label == 1 and s.mask_path is not None]
     if k < 0 or k > len(candidates):
         raise DataError(
             f"data.anomalies={k}, but {category.name} has {len(candidates)} defective test images with masks"
         )
-    chosen = {s.path for s in random.Random(seed).sample(candidates, k)}
+    if sampling not in ("uniform", "per_type"):
+        raise DataError(f"unknown data.anomaly_sampling '{sampling}'; use uniform or per_type")
+    rng = random.Random(seed)
+    drawn = rng.sample(candidates, k) if sampling == "uniform" else _sample_per_type(candidates, k, rng)
+    chosen = {s.path for s in drawn}
     category.anomalies = [s for s in category.test if s.path in chosen]
-    category.anomaly_seed = seed
+    category.anomaly_seed, category.anomaly_sampling = seed, sampling
     category.test = [s for s in category.test if s.path not in chosen]
-    category.notes.append(f"{k} real anomalies (seed {seed}) used for training and removed from the test set")
+    category.notes.append(
+        f"{k} real anomalies (seed {seed}, {sampling} sampling) used for training and removed from the test set"
+    )
