@@ -153,6 +153,18 @@ def test_training_anomalies_are_recorded_and_absent_from_evaluation(tiny_dataset
     assert len(other_seed.anomalies) == 2
 
 
+def test_without_real_share_the_weights_do_not_depend_on_the_held_out_anomalies(tiny_dataset, tmp_path):
+    """What lets bench/holdout.py score a k = 0 checkpoint on another few-shot hold-out."""
+    states = []
+    for seed in (0, 1):
+        cfg = tiny_config("prn", tiny_dataset)
+        apply_overrides(cfg, {"data": {"anomalies": 2, "anomaly_seed": seed}, "model": {"real_share": 0.0}})
+        ckpt = training.fit(cfg, tmp_path / f"run{seed}", progress=False)
+        states.append((torch.load(ckpt, weights_only=True)["training_anomalies"], load(ckpt).model.state_dict()))
+    assert states[0][0]["paths"] != states[1][0]["paths"]
+    assert all(torch.equal(states[0][1][key], states[1][1][key]) for key in states[0][1])
+
+
 def test_training_reports_real_anomalies_whose_mask_marks_nothing(tiny_dataset, tmp_path, capsys):
     write_image(tiny_dataset / "tiny" / "ground_truth" / "hole" / "00_mask.png", np.zeros((48, 48), np.float32))
     cfg = tiny_config("prn", tiny_dataset)
