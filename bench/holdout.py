@@ -3,10 +3,10 @@
     python bench/holdout.py RUN/model.ckpt [...] --set data.anomaly_sampling=per_type [--out bench/results/holdout.json]
 
 For comparing a model trained without real anomalies (k = 0) with a few-shot one (k = 10) whose
-anomalies were drawn differently: every `data.*` override names the hold-out (`data.anomalies`,
+anomalies were drawn differently: the overrides name the hold-out (`data.anomalies`,
 `data.anomaly_seed`, `data.anomaly_sampling`), and the k = 0 weights do not depend on it (with
 `model.real_share=0` the drawn anomalies are never read in training), so only the evaluated test set
-changes. Other config sections are refused: they would change the model, not the hold-out.
+changes. Other keys are refused: they would change the model or its input, not the hold-out.
 """
 
 import argparse
@@ -18,6 +18,8 @@ from defectmap.config import apply_overrides, parse_sets
 from defectmap.data.mvtec import open_category
 from defectmap.outputs import METRIC_NAMES
 
+HOLD_OUT_KEYS = {"anomalies", "anomaly_seed", "anomaly_sampling"}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,8 +28,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/holdout.json")
     args = parser.parse_args()
     overrides = parse_sets(args.set)
-    if set(overrides) - {"data"}:
-        parser.error("only data.* overrides name a hold-out")
+    if set(overrides) - {"data"} or set(overrides.get("data", {})) - HOLD_OUT_KEYS:
+        parser.error(f"only data.{{{','.join(sorted(HOLD_OUT_KEYS))}}} overrides name a hold-out")
     rows = []
     for checkpoint in args.checkpoints:
         detector = engine.load(checkpoint)
