@@ -1,11 +1,15 @@
 """The benchmark runner writes its tables and skips finished runs when run again."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
-from defectmap import training
+from defectmap import MODELS, training
 from defectmap.cli import main
+from defectmap.config import build_config
+from defectmap.engine import build_model
 
 SETS = ["--set", "data.image_size=32", "--set", "train.epochs=1", "--set", "train.device=cpu",
         "--set", "data.val_fraction=0.25"]  # fmt: skip
@@ -111,3 +115,16 @@ def test_bad_variant_preset_is_one_line(tmp_path, capsys, text, message):
     assert main(["benchmark", "--models", str(preset), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+ABLATIONS = sorted(Path(__file__).parents[1].glob("bench/ablations/*.yaml"))
+
+
+@pytest.mark.parametrize("preset", ABLATIONS, ids=lambda p: p.stem)
+def test_shipped_ablation_presets_build_their_models(preset):
+    # The README's ablation commands pass these files to `benchmark`; a misspelt key or value must fail here.
+    cfg = build_config(None, str(preset), [])
+    model = build_model(cfg)
+    assert cfg.method in MODELS and isinstance(model, MODELS[cfg.method])
+    overrides = yaml.safe_load(preset.read_text())["model"]
+    assert all(getattr(cfg.model, key) == (tuple(v) if isinstance(v, list) else v) for key, v in overrides.items())
