@@ -128,3 +128,24 @@ def test_shipped_ablation_presets_build_their_models(preset):
     assert cfg.method in MODELS and isinstance(model, MODELS[cfg.method])
     overrides = yaml.safe_load(preset.read_text())["model"]
     assert all(getattr(cfg.model, key) == (tuple(v) if isinstance(v, list) else v) for key, v in overrides.items())
+
+
+def test_run_trained_outside_the_benchmark_is_labelled_by_its_folder(tiny_dataset, tmp_path, monkeypatch):
+    # `defectmap train` + `test` write metrics.json without a variant; moved into a benchmark folder, the
+    # run is reused (not trained again) and summarised under the folder's label.
+    out, run = tmp_path / "bench", tmp_path / "bench" / "tiny" / "ae" / "seed0"
+    sets = [*SETS, "--set", "model.channels=[8,16]", "--set", "train.seed=0"]
+    assert main(["train", "--model", "ae", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(run),
+                 "--quiet", *sets]) == 0  # fmt: skip
+    assert main(["test", str(run / "model.ckpt"), "--quiet"]) == 0
+    assert "variant" not in json.loads((run / "metrics.json").read_text())
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(training, "fit", no_training)
+    args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(out), "--quiet",
+            *SETS]  # fmt: skip
+    assert main(args) == 0
+    [row] = json.loads((out / "results.json").read_text())["rows"]
+    assert row["model"] == "ae" and row["seeds"] == 1
