@@ -89,16 +89,11 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     return report
 
 
-def variant(run: dict) -> str:
-    # Runs written before presets were allowed stored the model name under "model" (no "variant").
-    return run.get("variant") or run["model"]
-
-
 def summarise(runs: list[dict]) -> list[dict]:
     """One row per (category, model or variant): mean and std over seeds of every column."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["category"], variant(run)), []).append(run)
+        groups.setdefault((run["category"], run["variant"]), []).append(run)
     rows = []
     for (category, model), members in groups.items():
         row = {"category": category, "model": model, "seeds": len(members)}
@@ -136,7 +131,7 @@ def write_tables(runs: list[dict], out_path: Path, sets: list[str]) -> list[dict
     per_run = io.StringIO()
     writer = csv.DictWriter(per_run, ["category", "model", "seed", *COLUMNS], extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({**run, "model": variant(run)} for run in runs)
+    writer.writerows({**run, "model": run["variant"]} for run in runs)
     atomic_write(out_path / "runs.csv", lambda tmp: tmp.write_text(per_run.getvalue()))
     summary = json.dumps({"rows": rows, "runs": runs, "sets": sets}, indent=2)
     atomic_write(out_path / "results.json", lambda tmp: tmp.write_text(summary))
