@@ -69,9 +69,9 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     label, method, preset = spec
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
-        # A run trained and tested outside the benchmark (`defectmap train` + `test`, then moved here) has no
-        # variant of its own; the folder it sits in names it.
-        return {"variant": label, **json.loads(metrics_path.read_text())}
+        # The folder names the run: one trained outside the benchmark (`defectmap train` + `test`, then moved
+        # here) has no variant of its own.
+        return {**json.loads(metrics_path.read_text()), "variant": label}
     # The seed also draws the few-shot anomalies (data.anomalies > 0), unless --set names another.
     sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
     cfg = build_config(method, preset, sets, root=str(root), category=category)

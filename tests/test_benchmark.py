@@ -15,6 +15,10 @@ SETS = ["--set", "data.image_size=32", "--set", "train.epochs=1", "--set", "trai
         "--set", "data.val_fraction=0.25"]  # fmt: skip
 
 
+def no_training(*a, **k):
+    raise AssertionError("a finished run was trained again")
+
+
 def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench"
     args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--categories", "all", "--seeds", "2",
@@ -27,9 +31,6 @@ def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, c
     assert (out / "runs.csv").read_text().count("\n") == 3
     assert "| ae | 2 |" in (out / "results.md").read_text() and "### tiny" in capsys.readouterr().out
     first = (out / "results.json").read_text()
-
-    def no_training(*a, **k):
-        raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(training, "fit", no_training)
     assert main(args) == 0
@@ -139,9 +140,6 @@ def test_run_trained_outside_the_benchmark_is_labelled_by_its_folder(tiny_datase
                  "--quiet", *sets]) == 0  # fmt: skip
     assert main(["test", str(run / "model.ckpt"), "--quiet"]) == 0
     assert "variant" not in json.loads((run / "metrics.json").read_text())
-
-    def no_training(*a, **k):
-        raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(training, "fit", no_training)
     args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(out), "--quiet",
