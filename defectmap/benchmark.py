@@ -70,8 +70,8 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         # The folder names the run: one trained outside the benchmark (`defectmap train` + `test`, then moved
-        # here) has no variant of its own.
-        return {**json.loads(metrics_path.read_text()), "variant": label}
+        # here) has no variant or seed of its own.
+        return {**json.loads(metrics_path.read_text()), "variant": label, "seed": seed}
     # The seed also draws the few-shot anomalies (data.anomalies > 0), unless --set names another.
     sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
     cfg = build_config(method, preset, sets, root=str(root), category=category)

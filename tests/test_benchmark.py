@@ -132,14 +132,14 @@ def test_shipped_ablation_presets_build_their_models(preset):
 
 
 def test_run_trained_outside_the_benchmark_is_labelled_by_its_folder(tiny_dataset, tmp_path, monkeypatch):
-    # `defectmap train` + `test` write metrics.json without a variant; moved into a benchmark folder, the
-    # run is reused (not trained again) and summarised under the folder's label.
+    # `defectmap train` + `test` write metrics.json without a variant or seed; moved into a benchmark folder,
+    # the run is reused (not trained again) and summarised under the folder's label and seed.
     out, run = tmp_path / "bench", tmp_path / "bench" / "tiny" / "ae" / "seed0"
     sets = [*SETS, "--set", "model.channels=[8,16]", "--set", "train.seed=0"]
     assert main(["train", "--model", "ae", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(run),
                  "--quiet", *sets]) == 0  # fmt: skip
     assert main(["test", str(run / "model.ckpt"), "--quiet"]) == 0
-    assert "variant" not in json.loads((run / "metrics.json").read_text())
+    assert not {"variant", "seed"} & set(json.loads((run / "metrics.json").read_text()))
 
     monkeypatch.setattr(training, "fit", no_training)
     args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(out), "--quiet",
@@ -147,3 +147,30 @@ def test_run_trained_outside_the_benchmark_is_labelled_by_its_folder(tiny_datase
     assert main(args) == 0
     [row] = json.loads((out / "results.json").read_text())["rows"]
     assert row["model"] == "ae" and row["seeds"] == 1
+    assert (out / "runs.csv").read_text().splitlines()[1].startswith("tiny,ae,0,")
+
+
+def test_compare_script_pairs_seeds_and_applies_the_two_std_bar(tmp_path):
+    # bench/compare.py: runs.csv rows and a holdout.py file, differences matched by seed, in points.
+    import subprocess
+    import sys
+
+    columns = "category,model,seed,image_auroc,pixel_auroc,aupro,pixel_ap\n"
+    runs = tmp_path / "runs.csv"
+    runs.write_text(columns + "".join(f"c,k-10,{s},{0.95 + s / 1000},0.8,0.7,0.5\n" for s in (2, 0, 1)))
+    holdout = tmp_path / "holdout.json"
+    holdout.write_text(json.dumps([
+        {"image_auroc": v, "pixel_auroc": 0.8, "aupro": 0.72, "pixel_ap": 0.3, "training_anomalies": {"seed": s}}
+        for s, v in ((0, 0.90), (1, 0.91), (2, 0.90))
+    ]))  # fmt: skip
+    out = tmp_path / "cmp.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "compare.py"
+    args = [sys.executable, str(script), str(runs), "--rows", f"k0={holdout}", "--pairs", "k-10-k0", "--out", str(out)]
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    diff = json.loads(out.read_text())["differences_points"]["k-10 - k0"]
+    assert diff["image_auroc"]["per_seed"] == [5.0, 4.1, 5.2]  # seed order, not file order
+    assert diff["image_auroc"]["more_than_two_std"] and diff["image_auroc"]["two_std_larger_row"] == 1.2
+    assert diff["pixel_auroc"]["mean"] == 0.0 and not diff["pixel_auroc"]["more_than_two_std"]
+    assert not diff["aupro"]["more_than_two_std"]  # behind
+    bad = subprocess.run([*args[:5], "--pairs", "k-10-k1", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "k-10-k1" in bad.stderr

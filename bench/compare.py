@@ -1,0 +1,103 @@
+"""Seed-by-seed differences between benchmark rows, and whether each clears two standard deviations.
+
+    python bench/compare.py runs/BENCH/runs.csv [--rows LABEL=holdout.json ...] --pairs A-B [A-B ...] --out F
+
+Rows come from a benchmark's runs.csv (one row per model or variant) and from bench/holdout.py files
+(`--rows prn_k0=holdout_k0.json`: each checkpoint's seed is its hold-out's `data.anomaly_seed`). A pair
+A-B compares A with B on every metric: the difference per seed (seeds both rows have), its mean, and
+"more than two standard deviations", read as the mean difference above twice the larger of the two rows'
+sample standard deviations over seeds (how the README reads the issues' criterion). Differences are in
+AUROC points (x 100).
+"""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+
+
+def read_runs(path: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {seed: {metric: value}}} from a benchmark's runs.csv."""
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    with path.open() as handle:
+        for run in csv.DictReader(handle):
+            rows.setdefault(run["model"], {})[int(run["seed"])] = {m: float(run[m]) for m in METRICS}
+    return rows
+
+
+def read_holdout(path: Path) -> dict[int, dict[str, float]]:
+    """{seed: {metric: value}} from bench/holdout.py's output."""
+    entries = json.loads(path.read_text())
+    return {int(e["training_anomalies"]["seed"]): {m: float(e[m]) for m in METRICS} for e in entries}
+
+
+def compare(rows: dict[str, dict[int, dict[str, float]]], pairs: list[tuple[str, str]]) -> dict:
+    """Mean and std per row and metric; per pair, the seed-by-seed differences and the two-std verdict."""
+    summary = {
+        label: {
+            m: {
+                "per_seed": [round(by_seed[s][m], 4) for s in sorted(by_seed)],
+                "mean": float(np.mean([by_seed[s][m] for s in by_seed])),
+                "std": float(np.std([by_seed[s][m] for s in by_seed], ddof=1)) if len(by_seed) > 1 else 0.0,
+            }
+            for m in METRICS
+        }
+        for label, by_seed in rows.items()
+    }
+    differences = {}
+    for a, b in pairs:
+        seeds = sorted(set(rows[a]) & set(rows[b]))
+        if not seeds:
+            raise SystemExit(f"compare: {a} and {b} share no seed")
+        differences[f"{a} - {b}"] = {}
+        for m in METRICS:
+            per_seed = [100 * (rows[a][s][m] - rows[b][s][m]) for s in seeds]
+            bar = 200 * max(summary[a][m]["std"], summary[b][m]["std"])
+            differences[f"{a} - {b}"][m] = {
+                "seeds": seeds,
+                "per_seed": [round(d, 1) for d in per_seed],
+                "mean": round(float(np.mean(per_seed)), 1),
+                "two_std_larger_row": round(bar, 1),
+                "more_than_two_std": bool(np.mean(per_seed) > bar),
+            }
+    return {"rows": summary, "differences_points": differences}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="benchmark runs.csv files")
+    parser.add_argument("--rows", nargs="*", default=[], metavar="LABEL=holdout.json")
+    parser.add_argument("--pairs", nargs="+", required=True, metavar="A-B")
+    parser.add_argument("--command", action="append", default=[], help="commands that made the rows, recorded")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    for path in args.runs:
+        rows.update(read_runs(path))
+    for spec in args.rows:
+        label, _, path = spec.partition("=")
+        rows[label] = read_holdout(Path(path))
+    pairs = []
+    for text in args.pairs:  # labels may hold hyphens: split where both sides name a row
+        splits = [(text[:i], text[i + 1 :]) for i, c in enumerate(text) if c == "-"]
+        known = [pair for pair in splits if set(pair) <= set(rows)]
+        if len(known) != 1:
+            parser.error(f"--pairs {text}: give A-B with A and B among the rows: {', '.join(sorted(rows))}")
+        pairs.append(known[0])
+    result = {"commands": args.command, **compare(rows, pairs)}
+    for pair, metrics in result["differences_points"].items():
+        print(pair)
+        for m, d in metrics.items():
+            verdict = "yes" if d["more_than_two_std"] else "no"
+            bar = d["two_std_larger_row"]
+            print(f"  {m:12s} per seed {d['per_seed']}  mean {d['mean']:+.1f}  2 std {bar:.1f}  {verdict}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
