@@ -51,8 +51,6 @@ def compare(rows: dict[str, dict[int, dict[str, float]]], pairs: list[tuple[str,
     differences = {}
     for a, b in pairs:
         seeds = sorted(set(rows[a]) & set(rows[b]))
-        if not seeds:
-            raise SystemExit(f"compare: {a} and {b} share no seed")
         differences[f"{a} - {b}"] = {}
         for m in METRICS:
             per_seed = [100 * (rows[a][s][m] - rows[b][s][m]) for s in seeds]
@@ -75,11 +73,14 @@ def main() -> None:
     parser.add_argument("--command", action="append", default=[], help="commands that made the rows, recorded")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    label_paths = [spec.partition("=")[::2] for spec in args.rows]
+    missing = [str(p) for p in [*args.runs, *(Path(path) for _, path in label_paths)] if not p.is_file()]
+    if missing or not all(label for label, _ in label_paths):
+        parser.error(f"no such file: {', '.join(missing)}" if missing else "--rows takes LABEL=holdout.json")
     rows: dict[str, dict[int, dict[str, float]]] = {}
     for path in args.runs:
         rows.update(read_runs(path))
-    for spec in args.rows:
-        label, _, path = spec.partition("=")
+    for label, path in label_paths:
         rows[label] = read_holdout(Path(path))
     pairs = []
     for text in args.pairs:  # labels may hold hyphens: split where both sides name a row
@@ -87,6 +88,8 @@ def main() -> None:
         known = [pair for pair in splits if set(pair) <= set(rows)]
         if len(known) != 1:
             parser.error(f"--pairs {text}: give A-B with A and B among the rows: {', '.join(sorted(rows))}")
+        if not set(rows[known[0][0]]) & set(rows[known[0][1]]):
+            parser.error(f"--pairs {text}: the two rows share no seed")
         pairs.append(known[0])
     result = {"commands": args.command, **compare(rows, pairs)}
     for pair, metrics in result["differences_points"].items():
