@@ -37,25 +37,22 @@ def read_holdout(path: Path) -> dict[int, dict[str, float]]:
 
 def compare(rows: dict[str, dict[int, dict[str, float]]], pairs: list[tuple[str, str]]) -> dict:
     """Mean and std per row and metric; per pair, the seed-by-seed differences and the two-std verdict."""
+
+    def stats(values: list[float]) -> dict:
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return {"per_seed": [round(v, 4) for v in values], "mean": float(np.mean(values)), "std": std}
+
     summary = {
-        label: {
-            m: {
-                "per_seed": [round(by_seed[s][m], 4) for s in sorted(by_seed)],
-                "mean": float(np.mean([by_seed[s][m] for s in by_seed])),
-                "std": float(np.std([by_seed[s][m] for s in by_seed], ddof=1)) if len(by_seed) > 1 else 0.0,
-            }
-            for m in METRICS
-        }
-        for label, by_seed in rows.items()
+        label: {m: stats([by_seed[s][m] for s in sorted(by_seed)]) for m in METRICS} for label, by_seed in rows.items()
     }
     differences = {}
     for a, b in pairs:
         seeds = sorted(set(rows[a]) & set(rows[b]))
-        differences[f"{a} - {b}"] = {}
+        pair = differences[f"{a} - {b}"] = {}
         for m in METRICS:
             per_seed = [100 * (rows[a][s][m] - rows[b][s][m]) for s in seeds]
             bar = 200 * max(summary[a][m]["std"], summary[b][m]["std"])
-            differences[f"{a} - {b}"][m] = {
+            pair[m] = {
                 "seeds": seeds,
                 "per_seed": [round(d, 1) for d in per_seed],
                 "mean": round(float(np.mean(per_seed)), 1),

@@ -1,6 +1,8 @@
 """The benchmark runner writes its tables and skips finished runs when run again."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,9 +154,6 @@ def test_run_trained_outside_the_benchmark_is_labelled_by_its_folder(tiny_datase
 
 def test_compare_script_pairs_seeds_and_applies_the_two_std_bar(tmp_path):
     # bench/compare.py: runs.csv rows and a holdout.py file, differences matched by seed, in points.
-    import subprocess
-    import sys
-
     columns = "category,model,seed,image_auroc,pixel_auroc,aupro,pixel_ap\n"
     runs = tmp_path / "runs.csv"
     runs.write_text(columns + "".join(f"c,k-10,{s},{0.95 + s / 1000},0.8,0.7,0.5\n" for s in (2, 0, 1)))
