@@ -13,6 +13,7 @@ from defectmap.data.synthetic import (
     load_textures,
     otsu_foreground,
     perlin_noise,
+    real_copy,
     synthesize,
 )
 from defectmap.errors import DataError
@@ -49,6 +50,26 @@ def test_perlin_noise_is_smooth_and_bounded():
     noise = perlin_noise(64, 64, (4, 4), torch.Generator().manual_seed(0))
     assert noise.abs().max() < 1.0
     assert (noise[:, 1:] - noise[:, :-1]).abs().max() < 0.2  # gradient noise: no jumps between neighbours
+
+
+def test_real_copy_varies_image_and_mask_together_by_the_chosen_symmetries():
+    image, mask = _image(), (_image(1)[0] > 0.7).float()
+    views = {}
+    for transform in ("flip", "dihedral"):
+        seen = set()
+        for seed in range(64):
+            out, out_mask = real_copy(image, mask, torch.Generator().manual_seed(seed), transform)
+            again, _ = real_copy(image, mask, torch.Generator().manual_seed(seed), transform)
+            assert torch.equal(out, again) and out.shape == image.shape
+            marked = image[:, mask > 0].sort(dim=1).values  # the same defect pixels, moved with the mask
+            assert torch.equal(out[:, out_mask > 0].sort(dim=1).values, marked)
+            seen.add(out.numpy().tobytes())
+        views[transform] = len(seen)
+    assert views == {"flip": 2, "dihedral": 8}
+    with pytest.raises(DataError, match="square"):
+        real_copy(image[:, :40], mask[:40], torch.Generator(), "dihedral")
+    with pytest.raises(DataError, match="unknown real-anomaly transform"):
+        real_copy(image, mask, torch.Generator(), "shear")
 
 
 def test_extended_anomaly_pastes_the_defect_inside_the_foreground():

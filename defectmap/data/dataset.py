@@ -16,6 +16,7 @@ from defectmap.data.synthetic import (
     item_generator,
     load_textures,
     otsu_foreground,
+    real_copy,
     synthesize,
 )
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
@@ -139,9 +140,8 @@ class AnomalyMixDataset(Dataset):
         if self.real_indices and draw < self.mix.normal_share + self.mix.real_share:
             pick = int(torch.randint(len(self.real_indices), (), generator=generator))
             real = self.anomalies[self.real_indices[pick]]
-            if float(torch.rand((), generator=generator)) < self.mix.copy_share:  # the anomaly itself, maybe mirrored
-                flip = float(torch.rand((), generator=generator)) < 0.5
-                image, mask = (real["image"].flip(2), real["mask"].flip(1)) if flip else (real["image"], real["mask"])
+            if float(torch.rand((), generator=generator)) < self.mix.copy_share:  # the anomaly itself
+                image, mask = real_copy(real["image"], real["mask"], generator, self.mix.copy_transform)
             else:
                 foreground = self.foregrounds[index] if self.foregrounds else otsu_foreground(image)
                 image, mask = extended_anomaly(image, real["image"], real["mask"], generator, foreground)

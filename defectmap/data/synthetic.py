@@ -20,6 +20,7 @@ from defectmap.data.transforms import preprocess
 from defectmap.errors import DataError
 
 SYNTHETIC_KINDS = ("perlin", "cutpaste", "scar")
+COPY_TRANSFORMS = ("flip", "dihedral")  # how a real anomaly shown as itself is varied
 
 
 @dataclass
@@ -31,6 +32,7 @@ class AnomalyMix:
     synthetic_kinds: tuple[str, ...] = SYNTHETIC_KINDS
     beta_max: float = 0.8
     copy_share: float = 0.5  # of the real-anomaly draws: the real image itself (maybe mirrored); rest extended
+    copy_transform: str = "flip"  # one of COPY_TRANSFORMS (see real_copy)
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -225,6 +227,32 @@ def otsu_foreground(image: torch.Tensor) -> torch.Tensor:
     return foreground.float()
 
 
+def _flip_and_turn(stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One of the eight flips and quarter turns of a (C, H, W) stack, drawn uniformly."""
+    if _uniform(generator) < 0.5:
+        stack = stack.flip(2)
+    return stack.rot90(_randint(generator, 0, 4), dims=(1, 2))
+
+
+def real_copy(
+    image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, transform: str = "flip"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real anomaly shown as itself, image and mask varied jointly.
+
+    "flip" mirrors it left-right half the time (the reference). "dihedral" draws any of the eight flips and
+    quarter turns of the square image: the defect keeps its own tile and its place relative to the tile's
+    edges, but ten anomalies become eighty distinct views, which are harder to memorise.
+    """
+    if transform == "flip":
+        return (image.flip(2), mask.flip(1)) if _uniform(generator) < 0.5 else (image, mask)
+    if transform != "dihedral":
+        raise DataError(f"unknown real-anomaly transform '{transform}'; available: {', '.join(COPY_TRANSFORMS)}")
+    if image.shape[1] != image.shape[2]:
+        raise DataError(f"a dihedral transform needs a square image, got {image.shape[1]}x{image.shape[2]}")
+    stack = _flip_and_turn(torch.cat([image, mask[None]]), generator)
+    return stack[:-1], stack[-1]
+
+
 def extended_anomaly(
     image: torch.Tensor,
     defect_image: torch.Tensor,
@@ -241,10 +269,7 @@ def extended_anomaly(
     _, height, width = image.shape
     if defect_mask.sum() == 0:
         return image.clone(), torch.zeros(height, width)
-    stack = torch.cat([defect_image, defect_mask[None]])  # augmented jointly: the mask stays on the defect
-    if _uniform(generator) < 0.5:
-        stack = stack.flip(2)
-    stack = stack.rot90(_randint(generator, 0, 4), dims=(1, 2))
+    stack = _flip_and_turn(torch.cat([defect_image, defect_mask[None]]), generator)  # the mask stays on the defect
     ys, xs = torch.nonzero(stack[3] > 0.5, as_tuple=True)
     crop = stack[:, int(ys.min()) : int(ys.max()) + 1, int(xs.min()) : int(xs.max()) + 1]
     scale = _uniform(generator, 0.5, 1.5)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectmap.data.synthetic import AnomalyMix
+from defectmap.data.synthetic import COPY_TRANSFORMS, AnomalyMix
 from defectmap.errors import ConfigError
 from defectmap.models.backbone import FrozenBackbone
 from defectmap.models.base import AnomalyModel, Output
@@ -60,6 +60,9 @@ class PRNConfig:
     # Of the real-anomaly draws, the share that shows a real image as it is (mirrored half the time); the
     # rest are "extended": its defect, jointly augmented with its mask, pasted onto a normal foreground.
     real_copy_share: float = 0.5
+    # How a real image shown as itself is varied: "flip" mirrors it half the time (the reference); "dihedral"
+    # draws any of the eight flips and quarter turns (ours, against memorising ten images; see real_copy).
+    real_copy_transform: str = "flip"
     synthetic_kinds: tuple[str, ...] = ("perlin", "cutpaste", "scar")
     beta_max: float = 0.8  # texture blending factor beta ~ U[0, beta_max)
 
@@ -196,9 +199,12 @@ class PRN(AnomalyModel):
             raise ConfigError("model.normal_share and model.real_share must be shares of 1 that sum to at most 1")
         if not 0 <= cfg.real_copy_share <= 1:
             raise ConfigError("model.real_copy_share must be in [0, 1]")
+        if cfg.real_copy_transform not in COPY_TRANSFORMS:
+            raise ConfigError(f"model.real_copy_transform must be one of: {', '.join(COPY_TRANSFORMS)}")
         self.anomaly_mix = AnomalyMix(
-            cfg.normal_share, cfg.real_share, cfg.synthetic_kinds, cfg.beta_max, cfg.real_copy_share
-        )
+            cfg.normal_share, cfg.real_share, cfg.synthetic_kinds, cfg.beta_max, cfg.real_copy_share,
+            cfg.real_copy_transform,
+        )  # fmt: skip
         self.backbone = FrozenBackbone(cfg.backbone)
         channels = self.backbone.channels
         self.residuals = nn.ModuleList(PrototypeResidual(cfg.max_prototypes, c) for c in channels[:3])
