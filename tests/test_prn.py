@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -163,6 +165,21 @@ def test_without_real_share_the_weights_do_not_depend_on_the_held_out_anomalies(
         states.append((torch.load(ckpt, weights_only=True)["training_anomalies"], load(ckpt).model.state_dict()))
     assert states[0][0]["paths"] != states[1][0]["paths"]
     assert all(torch.equal(states[0][1][key], states[1][1][key]) for key in states[0][1])
+
+
+def test_image_pooling_script_reproduces_the_models_own_score_from_the_same_maps(tiny_dataset, tmp_path):
+    ckpt = training.fit(tiny_config("prn", tiny_dataset), tmp_path / "run", progress=False)
+    detector = load(ckpt)
+    report, own = evaluate(detector, open_category(detector.config.data), progress=False), detector.config.model.top_k
+    script = Path(__file__).resolve().parents[1] / "bench" / "image_pooling.py"
+    out = tmp_path / "pooling.json"
+    args = [sys.executable, str(script), str(ckpt), "--top-k", f"1,{own}", "--out", str(out)]
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["model_top_k"] == own and row["image_auroc"][str(own)] == pytest.approx(report["image_auroc"])
+    assert 0 <= row["image_auroc"]["1"] <= 1
+    bad = subprocess.run([*args[:3], "--set", "model.top_k=5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "hold-out" in bad.stderr
 
 
 def test_training_reports_real_anomalies_whose_mask_marks_nothing(tiny_dataset, tmp_path, capsys):
