@@ -21,15 +21,21 @@ from defectmap.outputs import METRIC_NAMES
 HOLD_OUT_KEYS = {"anomalies", "anomaly_seed", "anomaly_sampling"}
 
 
+def hold_out_overrides(parser: argparse.ArgumentParser, sets: list[str]) -> dict:
+    """The `--set` overrides as a nested dict; anything but a hold-out key is a usage error."""
+    overrides = parse_sets(sets)
+    if set(overrides) - {"data"} or set(overrides.get("data", {})) - HOLD_OUT_KEYS:
+        parser.error(f"only data.{{{','.join(sorted(HOLD_OUT_KEYS))}}} overrides name a hold-out")
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE")
     parser.add_argument("--out", default="bench/results/holdout.json")
     args = parser.parse_args()
-    overrides = parse_sets(args.set)
-    if set(overrides) - {"data"} or set(overrides.get("data", {})) - HOLD_OUT_KEYS:
-        parser.error(f"only data.{{{','.join(sorted(HOLD_OUT_KEYS))}}} overrides name a hold-out")
+    overrides = hold_out_overrides(parser, args.set)
     rows = []
     for checkpoint in args.checkpoints:
         detector = engine.load(checkpoint)

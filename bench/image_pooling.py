@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import torch
-from holdout import HOLD_OUT_KEYS
+from holdout import hold_out_overrides
 
 from defectmap import engine, metrics
-from defectmap.config import apply_overrides, parse_sets
+from defectmap.config import apply_overrides
 from defectmap.data.mvtec import open_category
 from defectmap.models.prn import top_k_score
 
@@ -46,9 +46,7 @@ def main() -> None:
     parser.add_argument("--top-k", default="1,25,100,400", help="comma-separated k, each for a 256^2 map")
     parser.add_argument("--out", default="bench/results/image_pooling.json")
     args = parser.parse_args()
-    overrides = parse_sets(args.set)
-    if set(overrides) - {"data"} or set(overrides.get("data", {})) - HOLD_OUT_KEYS:
-        parser.error(f"only data.{{{','.join(sorted(HOLD_OUT_KEYS))}}} overrides name a hold-out")
+    overrides = hold_out_overrides(parser, args.set)
     ks = [int(k) for k in args.top_k.split(",")]
     rows = []
     for checkpoint in args.checkpoints:
