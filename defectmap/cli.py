@@ -144,10 +144,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from defectmap.data.examples import write_synthetic_examples
+    from defectmap.models.prn import anomaly_mix
 
-    cfg = build_config(None, None, args.set, root=args.data, category=args.category, texture_dir=args.textures)
-    kinds = tuple(k.strip() for k in args.kinds.split(","))
-    paths = write_synthetic_examples(cfg.data, args.out, args.n, args.seed, kinds, progress=not args.quiet)
+    # PRN's settings (--set model.beta_max=..., model.real_copy_transform=...): it is the model that trains on these.
+    cfg = build_config("prn", None, args.set, root=args.data, category=args.category, texture_dir=args.textures)
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else cfg.model.synthetic_kinds
+    mix = anomaly_mix(cfg.model)
+    paths = write_synthetic_examples(cfg.data, args.out, args.n, args.seed, kinds, not args.quiet, mix)
     print(f"wrote {len(paths)} panels (normal | anomalous | mask) to {args.out}")
 
 
@@ -257,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--category")
     p.add_argument("--out", required=True)
     p.add_argument("-n", type=int, default=16, help="number of examples")
-    p.add_argument("--kinds", default="perlin,cutpaste,scar", help="comma-separated synthetic kinds")
+    p.add_argument("--kinds", help="comma-separated synthetic kinds (default: model.synthetic_kinds, all three)")
     p.add_argument("--textures", help="texture folder for perlin anomalies (e.g. DTD); default: procedural")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.anomalies=10")

@@ -123,3 +123,12 @@ def test_synth_command_writes_example_panels(tiny_dataset, tmp_path, capsys):
     assert len(panels) == 3 and Image.open(panels[0]).size == (96, 32)
     assert main(["synth", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(out), "--kinds", "x"]) == 2
     assert "unknown synthetic anomaly 'x'" in capsys.readouterr().err
+    # PRN's training settings shape the panels: beta_max 0 pastes the pure texture, 1 blends it with the image.
+    plain = ["synth", "--data", str(tiny_dataset), "--category", "tiny", "-n", "2", "--quiet", "--kinds", "perlin",
+             "--set", "data.image_size=32"]  # fmt: skip
+    assert main([*plain, "--out", str(tmp_path / "a"), "--set", "model.beta_max=1.0"]) == 0
+    assert main([*plain, "--out", str(tmp_path / "b"), "--set", "model.beta_max=0.0"]) == 0
+    a, b = (np.asarray(Image.open(sorted((tmp_path / d).glob("*.png"))[0])) for d in ("a", "b"))
+    assert not np.array_equal(a, b)
+    assert main([*plain, "--out", str(tmp_path / "c"), "--set", "model.real_copy_transform=shear"]) == 2
+    assert "model.real_copy_transform must be one of: flip, dihedral" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +25,20 @@ def _png(array: torch.Tensor, path: Path) -> None:
 
 def write_synthetic_examples(
     data: DataConfig, out_dir: str | Path, count: int = 16, seed: int = 0,
-    kinds: tuple[str, ...] = SYNTHETIC_KINDS, progress: bool = True,
+    kinds: tuple[str, ...] = SYNTHETIC_KINDS, progress: bool = True, mix: AnomalyMix | None = None,
 ) -> list[Path]:  # fmt: skip
-    """`count` panels (normal | anomalous | mask) in `out_dir`; with data.anomalies, half use the real ones."""
+    """`count` panels (normal | anomalous | mask) in `out_dir`; with data.anomalies, half use the real ones.
+
+    `mix` carries the training settings the panels follow (blending, how real anomalies are shown); its
+    shares are replaced: every panel is anomalous, half real when there are real anomalies.
+    """
     if count < 1:
         raise DataError(f"-n must be at least 1, got {count}")
     category = open_category(data)
     normals = ImageDataset(category.train, data.image_size, max_pixels=data.max_pixels)
     textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []
     anomalies = ImageDataset(category.anomalies, data.image_size) if category.anomalies else None
-    mix = AnomalyMix(normal_share=0.0, real_share=0.5 if anomalies else 0.0, synthetic_kinds=kinds)
+    mix = replace(mix or AnomalyMix(), normal_share=0.0, real_share=0.5 if anomalies else 0.0, synthetic_kinds=kinds)
     examples = AnomalyMixDataset(normals, mix, seed, textures, anomalies)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

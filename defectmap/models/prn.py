@@ -67,6 +67,20 @@ class PRNConfig:
     beta_max: float = 0.8  # texture blending factor beta ~ U[0, beta_max)
 
 
+def anomaly_mix(cfg: PRNConfig) -> AnomalyMix:
+    """The training mix a PRN config asks for, checked (also what `defectmap synth` draws from)."""
+    if not 0 <= cfg.normal_share <= 1 or not 0 <= cfg.real_share <= 1 - cfg.normal_share:
+        raise ConfigError("model.normal_share and model.real_share must be shares of 1 that sum to at most 1")
+    if not 0 <= cfg.real_copy_share <= 1:
+        raise ConfigError("model.real_copy_share must be in [0, 1]")
+    if cfg.real_copy_transform not in COPY_TRANSFORMS:
+        raise ConfigError(f"model.real_copy_transform must be one of: {', '.join(COPY_TRANSFORMS)}")
+    return AnomalyMix(
+        cfg.normal_share, cfg.real_share, tuple(cfg.synthetic_kinds), cfg.beta_max, cfg.real_copy_share,
+        cfg.real_copy_transform,
+    )  # fmt: skip
+
+
 def top_k_score(maps: torch.Tensor, top_k: int, reference_size: int) -> torch.Tensor:
     """Mean of the k highest values of each (H, W) map, k = top_k scaled by the area ratio to reference_size^2."""
     area = maps[0].numel()  # a traced value during export: integer arithmetic only
@@ -195,16 +209,7 @@ class PRN(AnomalyModel):
         if post is not None and (post.hee or post.normalize):
             option = "hee" if post.hee else "normalize"
             raise ConfigError(f"postprocess.{option} filters reconstruction errors; prn outputs probabilities: drop it")
-        if not 0 <= cfg.normal_share <= 1 or not 0 <= cfg.real_share <= 1 - cfg.normal_share:
-            raise ConfigError("model.normal_share and model.real_share must be shares of 1 that sum to at most 1")
-        if not 0 <= cfg.real_copy_share <= 1:
-            raise ConfigError("model.real_copy_share must be in [0, 1]")
-        if cfg.real_copy_transform not in COPY_TRANSFORMS:
-            raise ConfigError(f"model.real_copy_transform must be one of: {', '.join(COPY_TRANSFORMS)}")
-        self.anomaly_mix = AnomalyMix(
-            cfg.normal_share, cfg.real_share, cfg.synthetic_kinds, cfg.beta_max, cfg.real_copy_share,
-            cfg.real_copy_transform,
-        )  # fmt: skip
+        self.anomaly_mix = anomaly_mix(cfg)
         self.backbone = FrozenBackbone(cfg.backbone)
         channels = self.backbone.channels
         self.residuals = nn.ModuleList(PrototypeResidual(cfg.max_prototypes, c) for c in channels[:3])
