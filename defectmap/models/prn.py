@@ -15,7 +15,9 @@ unchanged); cross-level exchange resamples by bilinear upsampling / average pool
 group per window size, each attending among the positions inside its non-overlapping windows, with
 windows capped at `max_window` positions a side (at 256^2 input the stride-4 map's whole-map window
 would be 64 x 64 = 4096 tokens, which made a CPU training step 7x slower); 2 attention layers per
-level instead of the reference's 3, and 12 epochs of batch 8 by default, for the CPU budget.
+level instead of the reference's 3, and 12 epochs of batch 8 by default, for the CPU budget. Of the real-anomaly
+draws, `real_copy_share` show the real image itself, varied by `real_copy_transform` (mirroring, as the
+reference, or all eight flips and quarter turns); the rest paste its defect onto a normal image.
 """
 
 from __future__ import annotations
