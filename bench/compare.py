@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+from defectmap.outputs import METRIC_NAMES
+
+METRICS = tuple(m for m in METRIC_NAMES if m != "f1_max")  # F1-max is an oracle figure, not a criterion
 
 
 def read_runs(path: Path) -> dict[str, dict[int, dict[str, float]]]:

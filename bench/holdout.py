@@ -15,7 +15,7 @@ from pathlib import Path
 
 from defectmap import engine
 from defectmap.config import apply_overrides, parse_sets
-from defectmap.data.mvtec import open_category
+from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
 
 HOLD_OUT_KEYS = {"anomalies", "anomaly_seed", "anomaly_sampling"}
@@ -29,6 +29,13 @@ def hold_out_overrides(parser: argparse.ArgumentParser, sets: list[str]) -> dict
     return overrides
 
 
+def on_hold_out(checkpoint: str, overrides: dict) -> tuple[engine.Detector, CategoryData]:
+    """A checkpoint and the category it is evaluated on, with the hold-out the overrides name."""
+    detector = engine.load(checkpoint)
+    apply_overrides(detector.config, overrides)
+    return detector, open_category(detector.config.data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
@@ -38,9 +45,7 @@ def main() -> None:
     overrides = hold_out_overrides(parser, args.set)
     rows = []
     for checkpoint in args.checkpoints:
-        detector = engine.load(checkpoint)
-        apply_overrides(detector.config, overrides)
-        report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
+        report = engine.evaluate(*on_hold_out(checkpoint, overrides), progress=False)
         row = {"checkpoint": checkpoint, **{m: report[m] for m in METRIC_NAMES}}
         rows.append({**row, "training_anomalies": report["training_anomalies"]})
         print(f"{checkpoint}: " + "  ".join(f"{m} {row[m]:.4f}" for m in METRIC_NAMES))

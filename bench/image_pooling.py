@@ -17,11 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
-from holdout import hold_out_overrides
+from holdout import hold_out_overrides, on_hold_out
 
 from defectmap import engine, metrics
-from defectmap.config import apply_overrides
-from defectmap.data.mvtec import open_category
 from defectmap.models.prn import top_k_score
 
 
@@ -50,11 +48,9 @@ def main() -> None:
     ks = [int(k) for k in args.top_k.split(",")]
     rows = []
     for checkpoint in args.checkpoints:
-        detector = engine.load(checkpoint)
+        detector, category = on_hold_out(checkpoint, overrides)
         if detector.config.method != "prn":
             parser.error(f"{checkpoint} is a {detector.config.method} model; this script re-pools PRN's maps")
-        apply_overrides(detector.config, overrides)
-        category = open_category(detector.config.data)
         detector.model = pooled = PooledScores(detector.model, ks)
         labels = engine.test_outputs(detector, category, progress=False)["labels"]  # the shared inference path
         scores = torch.cat(pooled.scores).numpy()
