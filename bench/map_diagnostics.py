@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from postprocess import VARIANTS, with_postprocess
+from postprocess import STEPS, parse_variants, with_postprocess
 
 from defectmap import engine, metrics
 from defectmap.data.mvtec import open_category
@@ -33,18 +33,18 @@ def border_share(maps: list[np.ndarray], border: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--variants", default="none,normalize", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="none,normalize", help=f"comma-separated, each none or steps of "
+                        f"{', '.join(STEPS)} joined by + (see bench/postprocess.py)")  # fmt: skip
     parser.add_argument("--border", type=float, default=0.05)
     parser.add_argument("--out", default="bench/results/map_diagnostics.json")
     args = parser.parse_args()
-    if unknown := set(args.variants.split(",")) - set(VARIANTS):
-        parser.error(f"unknown variants {sorted(unknown)}; use {', '.join(VARIANTS)}")
+    variants = parse_variants(args.variants, parser)
     base = engine.load(args.checkpoint)
     category = open_category(base.config.data)
     defects = np.array([sample.defect for sample in category.test])
     rows = []
-    for name in args.variants.split(","):
-        detector = with_postprocess(base, VARIANTS[name], category)
+    for name, overrides in variants.items():
+        detector = with_postprocess(base, overrides, category)
         outputs = engine.test_outputs(detector, category, progress=False)
         labels, scores = np.array(outputs["labels"]), np.array(outputs["scores"])
         good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)

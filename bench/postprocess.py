@@ -1,13 +1,14 @@
-"""Error-map post-processing variants on trained reconstruction checkpoints (AE, DAAD, PMB).
+"""Error-map variants on trained reconstruction checkpoints (AE, DAAD, PMB).
 
     python bench/postprocess.py RUN/model.ckpt [RUN2/model.ckpt ...] [--variants none,hee,normalize,normalize+hee]
         [--out bench/results/postprocess.json]
 
-The same weights are evaluated once per variant: `none` (plain error map), `hee` (Histogram Error
-Estimation), `normalize` (the difference divided by the validation normals' mean difference at each
-position) and `normalize+hee`. Each variant re-runs the calibration `train` ends with on the good
-validation images (the model's own calibration, then thresholds); no test image is involved. Runs
-of one benchmark folder (`.../<model>/seed<S>/model.ckpt`) are summarised as mean ± std over seeds.
+The same weights are evaluated once per variant: `none` (the squared-error map), or steps joined by `+`:
+`ssim` (1 - SSIM of the reconstruction instead of the squared error, `model.error=ssim`), `normalize` (the
+difference divided by the validation normals' mean difference at each position) and `hee` (Histogram Error
+Estimation), e.g. `ssim+normalize+hee`. Each variant re-runs the calibration `train` ends with on the good
+validation images (the model's own calibration, then thresholds); no test image is involved. Runs of one
+benchmark folder (`.../<model>/seed<S>/model.ckpt`) are summarised as mean ± std over seeds.
 """
 
 import argparse
@@ -23,18 +24,32 @@ from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
 from defectmap.training import calibrate_trained
 
-VARIANTS = {
-    "none": {"hee": False, "normalize": False},
-    "hee": {"hee": True, "normalize": False},
-    "normalize": {"hee": False, "normalize": True},
-    "normalize+hee": {"hee": True, "normalize": True},
-}
+STEPS = ("ssim", "normalize", "hee")
+DEFAULT_VARIANTS = "none,hee,normalize,normalize+hee"
 
 
-def with_postprocess(base: engine.Detector, post: dict, category: CategoryData) -> engine.Detector:
-    """`base`'s weights under other error-map settings, calibrated on validation normals as `train` ends."""
+def variant(name: str) -> dict:
+    """The config overrides of a variant name: `none` or steps of STEPS joined by `+`; ValueError otherwise."""
+    steps = [] if name == "none" else name.split("+")
+    if not set(steps) <= set(STEPS) or len(set(steps)) != len(steps):
+        raise ValueError(f"unknown variant '{name}'; use none or steps of {', '.join(STEPS)} joined by +")
+    return {"model": {"error": "ssim" if "ssim" in steps else "l2"},
+            "postprocess": {"hee": "hee" in steps, "normalize": "normalize" in steps}}  # fmt: skip
+
+
+def parse_variants(text: str, parser: argparse.ArgumentParser) -> dict[str, dict]:
+    """{name: overrides} for a comma-separated `--variants` value; a bad name is a one-line parser error."""
+    try:
+        return {name: variant(name) for name in text.split(",")}
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def with_postprocess(base: engine.Detector, overrides: dict, category: CategoryData) -> engine.Detector:
+    """`base`'s weights under other error-map settings (`variant`'s overrides), calibrated on validation normals
+    as `train` ends."""
     cfg = copy.deepcopy(base.config)  # calibration writes the values it chooses into the config
-    apply_overrides(cfg, {"postprocess": post})
+    apply_overrides(cfg, overrides)
     model = engine.build_model(cfg).to(base.device)
     # The expected-difference buffer is fitted by the calibration; every other weight must match.
     missing, unexpected = model.load_state_dict(base.model.state_dict(), strict=False)
@@ -55,24 +70,24 @@ def run_label(checkpoint: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, each none or steps of "
+                        f"{', '.join(STEPS)} joined by +")  # fmt: skip
     parser.add_argument("--out", default="bench/results/postprocess.json")
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    if unknown := set(variants) - set(VARIANTS):
-        parser.error(f"unknown variants {sorted(unknown)}; use {', '.join(VARIANTS)}")
+    variants = parse_variants(args.variants, parser)
     rows = []
     for checkpoint in args.checkpoints:
         base = engine.load(checkpoint)
         if not hasattr(base.model, "error_filter"):
             raise SystemExit(f"{checkpoint}: {base.config.method} is not a reconstruction model")
         category = open_category(base.config.data)
-        for name in variants:
-            detector = with_postprocess(base, VARIANTS[name], category)
+        for name, overrides in variants.items():
+            detector = with_postprocess(base, overrides, category)
             cfg = detector.config
             report = engine.evaluate(detector, category, progress=False)
             row = {"checkpoint": checkpoint, "category": cfg.data.category, "method": cfg.method,
-                   "variant": f"{run_label(checkpoint)} + {name}", **VARIANTS[name]}  # fmt: skip
+                   "variant": f"{run_label(checkpoint)} + {name}"}  # fmt: skip
+            row.update({**overrides["model"], **overrides["postprocess"]})
             row.update({m: report[m] for m in METRIC_NAMES})
             row["latent_weight"] = getattr(cfg.model, "latent_weight", None)
             rows.append(row)

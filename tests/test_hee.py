@@ -1,4 +1,10 @@
-"""Histogram Error Estimation: property tests, and HEE inside a model (forward and ONNX export)."""
+"""Error-map post-processing: HEE's property tests, HEE and the SSIM map inside a model (forward and ONNX
+export), and bench/postprocess.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from defectmap import training
+from defectmap.data.mvtec import open_category
+from defectmap.engine import evaluate, load
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig, histogram_error_estimation
+from tests.conftest import tiny_config
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -70,6 +80,47 @@ def test_hee_in_a_model_exports_with_parity(method, normalize, tmp_path):
     np.testing.assert_allclose(got.anomaly_map.numpy(), reference.anomaly_map.detach().numpy(), atol=1e-5)
 
 
+def test_ssim_is_one_for_identical_images_and_drops_where_they_differ():
+    from defectmap.models.ssim import ssim_map
+
+    x = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ssim_map(x, x), torch.ones(2, 24, 20))
+    y = x.clone()
+    y[0, :, 4:10, 4:10] = 1 - y[0, :, 4:10, 4:10]
+    s = ssim_map(x, y)
+    assert s[0, 6:8, 6:8].max() < 0.5 and s[0, 18:, 14:].min() > 0.999 and torch.equal(s[1], torch.ones(24, 20))
+
+
+@pytest.mark.parametrize("method", ["ae", "daad", "pmb"])
+def test_ssim_error_map_in_every_reconstruction_model(method, tmp_path):
+    """`model.error=ssim` maps 1 - SSIM of the reconstruction, through the same filter, and exports with parity."""
+    pytest.importorskip("onnxruntime")
+    from defectmap.config import apply_overrides
+    from defectmap.engine import Detector, build_model, load
+    from defectmap.errors import ConfigError
+    from defectmap.export import export
+    from defectmap.models.ssim import ssim_map
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(method)
+    apply_overrides(cfg, {"model": {"error": "ssim", "smoothing_sigma": 0.0}})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    recon = model.reconstruct(images)
+    recon = recon[0] if isinstance(recon, tuple) else recon
+    expected = 1 - ssim_map(images, recon)
+    got = model(images).anomaly_map
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, (images - recon).pow(2).mean(1))  # not the squared error
+    detector = Detector(model, cfg, {"threshold": 1.0}, torch.device("cpu"), {})
+    exported = load(export(detector, tmp_path / "m.onnx"), device="cpu")
+    np.testing.assert_allclose(exported.model(images).anomaly_map.numpy(), got.detach().numpy(), atol=1e-5)
+    apply_overrides(cfg, {"model": {"error": "l1"}})
+    with pytest.raises(ConfigError, match="model.error must be l2 or ssim, got 'l1'"):
+        build_model(cfg)
+
+
 def test_position_normalisation_removes_what_every_normal_shares():
     """Normals are hard to rebuild along the border; after `fit` the border no longer outranks a real defect."""
     post = PostprocessConfig(normalize=True)
@@ -102,3 +153,19 @@ def test_position_normalisation_state_is_saved_only_when_on():
     assert fresh(larger).shape == (1, 16, 16) and not fresh(larger).equal(off(larger))
     with pytest.raises(ValueError, match="at least one"):
         fresh.fit([])
+
+
+def test_postprocess_script_scores_the_same_weights_under_each_variant(tiny_dataset, tmp_path):
+    ckpt = training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
+    detector = load(ckpt)
+    own = evaluate(detector, open_category(detector.config.data), progress=False)
+    script = Path(__file__).resolve().parents[1] / "bench" / "postprocess.py"
+    out = tmp_path / "post.json"
+    args = [sys.executable, str(script), str(ckpt), "--out", str(out)]
+    assert subprocess.run([*args, "--variants", "none,ssim+hee"], capture_output=True, text=True).returncode == 0
+    plain, ssim = json.loads(out.read_text())["runs"]
+    assert plain["error"] == "l2" and not plain["hee"] and plain["pixel_auroc"] == pytest.approx(own["pixel_auroc"])
+    assert ssim["error"] == "ssim" and ssim["hee"] and not ssim["normalize"]
+    assert ssim["pixel_auroc"] != plain["pixel_auroc"]
+    bad = subprocess.run([*args, "--variants", "ssim+l1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown variant 'ssim+l1'" in bad.stderr

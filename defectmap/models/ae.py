@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectmap.errors import ConfigError
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.ssim import ssim_map
@@ -83,6 +84,15 @@ def output_head(channels: int) -> nn.Sequential:
     )
 
 
+ERROR_KINDS = ("l2", "ssim")
+
+
+def check_error_kind(kind: str) -> None:
+    """A one-line config error for a pixel-map kind that `reconstruction_error` does not know."""
+    if kind not in ERROR_KINDS:
+        raise ConfigError(f"model.error must be {' or '.join(ERROR_KINDS)}, got '{kind}'")
+
+
 def reconstruction_error(images: torch.Tensor, recon: torch.Tensor, kind: str) -> torch.Tensor:
     """(B, H, W) per-pixel error between images and their reconstructions."""
     if kind == "l2":
@@ -97,6 +107,7 @@ class Autoencoder(AnomalyModel):
 
     def __init__(self, cfg: AEConfig, post: PostprocessConfig | None = None):
         super().__init__()
+        check_error_kind(cfg.error)
         self.cfg = cfg
         widths = (3, *cfg.channels)
         self.encoder = nn.Sequential(*encoder_stages(cfg.channels))

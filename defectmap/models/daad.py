@@ -3,6 +3,8 @@
 A U-Net-like autoencoder whose skip connections pass through block-wise memories: each skip feature
 map is divided into b x b blocks, every block is rebuilt from a memory of normal blocks and the
 blocks are assembled back. The block size (granularity) sets how well anomalies can be rebuilt.
+The pixel map is the squared reconstruction error, or 1 - SSIM with `error: ssim` (METHODS.md's "optionally
+SSIM-based"), then the `postprocess` filters and Gaussian smoothing.
 DAAD+ adds a discriminator: adversarial and latent feature-matching losses, and the distance between
 the discriminator's latent features of an image and of its reconstruction as a second image score,
 fused with the map maximum after standardising both on validation normals; the latent share is chosen
@@ -23,7 +25,14 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from defectmap.errors import ConfigError
 from defectmap.metrics import image_auroc
-from defectmap.models.ae import bottleneck_block, encode, encoder_stages, output_head, reconstruction_error
+from defectmap.models.ae import (
+    bottleneck_block,
+    check_error_kind,
+    encode,
+    encoder_stages,
+    output_head,
+    reconstruction_error,
+)
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.memory import BlockMemory, addressing_entropy
@@ -56,6 +65,7 @@ class DAADConfig:
     # on the validation normals with synthetic anomalies (the checkpoint records it) | fixed: as given.
     fusion: str = "synthetic"
     fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM), as the AE's
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
 
 
@@ -108,6 +118,7 @@ class DAAD(AnomalyModel):
             raise ConfigError(f"model.fusion must be synthetic or fixed, got '{cfg.fusion}'")
         if cfg.granularity not in ("manual", "auto") and not cfg.granularity.startswith("auto:"):
             raise ConfigError(f"model.granularity must be manual or auto, got '{cfg.granularity}'")
+        check_error_kind(cfg.error)
         self.cfg = cfg
         self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
         self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)
@@ -181,11 +192,11 @@ class DAAD(AnomalyModel):
         return F.mse_loss(recon, batch["image"])
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
-        return reconstruction_error(images, self.reconstruct(images)[0], "l2")  # (B, H, W)
+        return reconstruction_error(images, self.reconstruct(images)[0], self.cfg.error)  # (B, H, W)
 
     def _raw_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recon, _ = self.reconstruct(images)
-        maps = self.error_filter(reconstruction_error(images, recon, "l2"))  # (B, H, W)
+        maps = self.error_filter(reconstruction_error(images, recon, self.cfg.error))  # (B, H, W)
         if self.discriminator is None:
             return maps, maps.flatten(1).amax(1)[:, None]
         _, real_latent = self.discriminator(images)

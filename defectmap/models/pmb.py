@@ -4,9 +4,10 @@ Skip features are partitioned into a G x G spatial grid and every cell has its o
 features, so a query is rebuilt from what is normal *at that place*; queries come from a k x k
 convolution so they carry their neighbourhood (context-keeping queries). Memory skips and plain
 skips alternate across decoder levels (or, with `alternate_per_step`, per training step), so
-normal detail passes while anomalies are rebuilt badly. Histogram Error Estimation is the
-`postprocess.hee` filter (hee.py). The paper's full text was not available: grid, kernel, memory size
-and the alternation pattern below are [ours] (METHODS.md) and config fields.
+normal detail passes while anomalies are rebuilt badly. The pixel map is the squared reconstruction
+error (or 1 - SSIM with `error: ssim`); Histogram Error Estimation is the `postprocess.hee` filter
+(hee.py). The paper's full text was not available: grid, kernel, memory size and the alternation pattern
+below are [ours] (METHODS.md) and config fields.
 """
 
 from collections.abc import Iterable
@@ -17,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectmap.errors import ConfigError
-from defectmap.models.ae import bottleneck_block, encode, encoder_stages, output_head, reconstruction_error
+from defectmap.models.ae import (
+    bottleneck_block,
+    check_error_kind,
+    encode,
+    encoder_stages,
+    output_head,
+    reconstruction_error,
+)
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.daad import DecoderStage
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
@@ -36,6 +44,7 @@ class PMBConfig:
     memory_items: int = 64  # items per partition memory
     temperature: float = 0.1
     entropy_weight: float = 2e-4
+    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM), as the AE's
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
 
 
@@ -67,6 +76,7 @@ class PMB(AnomalyModel):
         super().__init__()
         if len(cfg.skips) != len(cfg.channels) - 1 or not set(cfg.skips) <= {"pmb", "plain", "none"}:
             raise ConfigError(f"model.skips needs {len(cfg.channels) - 1} entries of pmb, plain or none")
+        check_error_kind(cfg.error)
         self.cfg = cfg
         self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
         self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)
@@ -126,7 +136,7 @@ class PMB(AnomalyModel):
         return losses
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
-        return reconstruction_error(images, self.reconstruct(images)[0], "l2")  # (B, H, W)
+        return reconstruction_error(images, self.reconstruct(images)[0], self.cfg.error)  # (B, H, W)
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor], probe: Iterable = ()) -> dict:

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
+@lru_cache(maxsize=8)
+def _window(size: int, sigma: float) -> np.ndarray:
+    """(1, 1, size, size) normalised Gaussian window; a NumPy constant, so ONNX export sees a fixed kernel."""
+    offsets = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(offsets**2) / (2 * sigma**2))
+    g /= g.sum()
+    return np.outer(g, g)[None, None].astype(np.float32)
+
+
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-pixel SSIM of (B, C, H, W) images in [0, 1], averaged over channels: (B, H, W)."""
-    channels = x.shape[1]
-    offsets = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
-    g = torch.exp(-(offsets**2) / (2 * sigma**2))
-    g = (g / g.sum()).view(1, 1, -1)
-    kernel = (g.transpose(1, 2) @ g).expand(channels, 1, window, window)
+    kernel = torch.from_numpy(_window(window, sigma)).to(device=x.device, dtype=x.dtype)
 
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(t, (window // 2,) * 4, mode="reflect"), kernel, groups=channels)
+    def blur(t: torch.Tensor) -> torch.Tensor:  # every channel alone, reflect-padded to keep the size
+        planes = F.pad(t.flatten(0, 1).unsqueeze(1), (window // 2,) * 4, mode="reflect")
+        return F.conv2d(planes, kernel).view_as(t)
 
     c1, c2 = 0.01**2, 0.03**2  # the paper's K1, K2 for a dynamic range of 1
     mu_x, mu_y = blur(x), blur(y)
