@@ -13,9 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from defectmap import training
+from defectmap.config import apply_overrides
 from defectmap.data.mvtec import open_category
-from defectmap.engine import evaluate, load
+from defectmap.engine import Detector, build_model, evaluate, load
+from defectmap.errors import ConfigError
+from defectmap.export import export
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig, histogram_error_estimation
+from defectmap.models.ssim import ssim_map
 from tests.conftest import tiny_config
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -59,11 +63,6 @@ def test_images_are_independent_and_batched():
 @pytest.mark.parametrize("method", ["ae", "daad", "pmb"])
 def test_hee_in_a_model_exports_with_parity(method, normalize, tmp_path):
     pytest.importorskip("onnxruntime")
-    from defectmap.config import apply_overrides
-    from defectmap.engine import Detector, build_model, load
-    from defectmap.export import export
-    from tests.conftest import tiny_config
-
     cfg = tiny_config(method)
     apply_overrides(cfg, {"postprocess": {"hee": True, "normalize": normalize}})
     torch.manual_seed(0)
@@ -81,7 +80,6 @@ def test_hee_in_a_model_exports_with_parity(method, normalize, tmp_path):
 
 
 def test_ssim_is_one_for_identical_images_and_drops_where_they_differ():
-    from defectmap.models.ssim import ssim_map
 
     x = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ssim_map(x, x), torch.ones(2, 24, 20))
@@ -95,13 +93,6 @@ def test_ssim_is_one_for_identical_images_and_drops_where_they_differ():
 def test_ssim_error_map_in_every_reconstruction_model(method, tmp_path):
     """`model.error=ssim` maps 1 - SSIM of the reconstruction, through the same filter, and exports with parity."""
     pytest.importorskip("onnxruntime")
-    from defectmap.config import apply_overrides
-    from defectmap.engine import Detector, build_model, load
-    from defectmap.errors import ConfigError
-    from defectmap.export import export
-    from defectmap.models.ssim import ssim_map
-    from tests.conftest import tiny_config
-
     cfg = tiny_config(method)
     apply_overrides(cfg, {"model": {"error": "ssim", "smoothing_sigma": 0.0}})
     torch.manual_seed(0)
