@@ -6,9 +6,10 @@
 The same weights are evaluated once per variant: `none` (the squared-error map), or steps joined by `+`:
 `ssim` (1 - SSIM of the reconstruction instead of the squared error, `model.error=ssim`), `normalize` (the
 difference divided by the validation normals' mean difference at each position) and `hee` (Histogram Error
-Estimation), e.g. `ssim+normalize+hee`. Each variant re-runs the calibration `train` ends with on the good
-validation images (the model's own calibration, then thresholds); no test image is involved. Runs of one
-benchmark folder (`.../<model>/seed<S>/model.ckpt`) are summarised as mean ± std over seeds.
+Estimation), e.g. `ssim+normalize+hee`; or `choose` (`postprocess.choose=synthetic`: normalize and hee as the
+synthetic validation anomalies pick them), e.g. `ssim+choose`. Each variant re-runs the calibration `train`
+ends with on the good validation images (the model's own calibration, then thresholds); no test image is
+involved. Runs of one benchmark folder (`.../<model>/seed<S>/model.ckpt`) are summarised as mean ± std over seeds.
 """
 
 import argparse
@@ -22,9 +23,9 @@ from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
-from defectmap.training import calibrate_trained
+from defectmap.training import calibrate_trained, choose_postprocess
 
-STEPS = ("ssim", "normalize", "hee")
+STEPS = ("ssim", "normalize", "hee", "choose")
 DEFAULT_VARIANTS = "none,hee,normalize,normalize+hee"
 
 
@@ -33,8 +34,11 @@ def variant(name: str) -> dict:
     steps = [] if name == "none" else name.split("+")
     if not set(steps) <= set(STEPS) or len(set(steps)) != len(steps):
         raise ValueError(f"unknown variant '{name}'; use none or steps of {', '.join(STEPS)} joined by +")
+    if "choose" in steps and {"normalize", "hee"} & set(steps):
+        raise ValueError(f"variant '{name}': choose sets normalize and hee itself; drop them")
     return {"model": {"error": "ssim" if "ssim" in steps else "l2"},
-            "postprocess": {"hee": "hee" in steps, "normalize": "normalize" in steps}}  # fmt: skip
+            "postprocess": {"hee": "hee" in steps, "normalize": "normalize" in steps,
+                            "choose": "synthetic" if "choose" in steps else "manual"}}  # fmt: skip
 
 
 def parse_variants(text: str, parser: argparse.ArgumentParser) -> dict[str, dict]:
@@ -57,6 +61,8 @@ def with_postprocess(base: engine.Detector, overrides: dict, category: CategoryD
         raise SystemExit(f"{cfg.method} checkpoint: weights do not match ({missing + unexpected})")
     data = cfg.data
     val_set = ImageDataset(category.val, data.image_size, cache=True, max_pixels=data.max_pixels)
+    if cfg.postprocess.choose == "synthetic":  # as `train` ends with it
+        choose_postprocess(cfg, model, val_set, base.device)
     calibration = calibrate_trained(cfg, model, val_set, base.device)
     return engine.Detector(model.eval(), cfg, calibration, base.device, base.info)
 
@@ -87,7 +93,8 @@ def main() -> None:
             report = engine.evaluate(detector, category, progress=False)
             row = {"checkpoint": checkpoint, "category": cfg.data.category, "method": cfg.method,
                    "variant": f"{run_label(checkpoint)} + {name}"}  # fmt: skip
-            row.update({**overrides["model"], **overrides["postprocess"]})
+            post = cfg.postprocess  # with choose, the steps it chose
+            row.update({"error": cfg.model.error, "hee": post.hee, "normalize": post.normalize, "choose": post.choose})
             row.update({m: report[m] for m in METRIC_NAMES})
             row["latent_weight"] = getattr(cfg.model, "latent_weight", None)
             rows.append(row)

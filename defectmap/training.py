@@ -20,6 +20,7 @@ from defectmap.data.synthetic import load_textures
 from defectmap.engine import build_model, calibrate_on_validation, resolve_device, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
+from defectmap.metrics import image_auroc
 from defectmap.models import AnomalyModel
 from defectmap.resume import (
     StopSignals,
@@ -75,6 +76,30 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, d
     return calibrate_on_validation(model, val_set, cfg.train.eval_batch_size, device, cfg.train.false_reject_rate)
 
 
+@torch.no_grad()
+def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: ImageDataset, device, progress: bool = False) -> dict:
+    """`postprocess.choose=synthetic`: of the four on/off combinations of normalisation and HEE, keep the one whose
+    image AUROC on the validation normals with synthetic anomalies is best (ties: the fewer steps). Writes the
+    choice into `cfg.postprocess` and returns every combination's AUROC."""
+    model.eval()
+    probe = list(probe_batches(cfg, val_set, device))  # the same anomalies for every combination
+    labels = torch.cat([batch_labels for _, batch_labels in probe]).numpy()
+    aurocs = {}
+    for normalize, hee in ((False, False), (False, True), (True, False), (True, True)):
+        model.error_filter.set_steps(normalize, hee)
+        normals = (batch["image"].to(device) for batch in DataLoader(val_set, batch_size=cfg.train.eval_batch_size))
+        model.calibrate(normals, probe)  # normalisation's statistics; DAAD+ also re-fits its score fusion
+        scores = torch.cat([model(images).score.float().cpu() for images, _ in probe]).numpy()
+        aurocs[normalize, hee] = image_auroc(labels, scores)
+    normalize, hee = max(aurocs, key=aurocs.get)  # the first best
+    model.error_filter.set_steps(normalize, hee)
+    cfg.postprocess.normalize, cfg.postprocess.hee = normalize, hee
+    if progress:
+        tried = ", ".join(f"normalize={n} hee={h}: {a:.3f}" for (n, h), a in aurocs.items())
+        tqdm.write(f"synthetic image AUROC {tried}; chose postprocess.normalize={normalize} postprocess.hee={hee}")
+    return {f"normalize={n} hee={h}": a for (n, h), a in aurocs.items()}
+
+
 def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, train_set, val_set):
     """What the loop trains and early-stops on: normal images, or for models that learn from anomalies
     (`model.anomaly_mix`) an anomaly mix, with a fixed synthetic one on the validation normals."""
@@ -124,6 +149,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         saved = load_training_state(out / "last.ckpt")
         cfg = resolve_config(saved["config"])
     category = open_category(cfg.data)
+    if cfg.postprocess.choose == "synthetic" and not category.val:
+        raise ConfigError("postprocess.choose=synthetic needs validation images: set data.val_fraction above 0")
     if getattr(cfg.model, "granularity", None) == "auto":  # DAAD's block size, chosen on synthetic anomalies
         cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)
@@ -232,6 +259,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 break
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
+    if cfg.postprocess.choose == "synthetic":
+        choose_postprocess(cfg, model, val_set, device, progress)
     calibration = calibrate_trained(cfg, model, val_set, device, progress)
     path = out / "model.ckpt"
     if not write:

@@ -20,6 +20,7 @@ from defectmap.errors import ConfigError
 from defectmap.export import export
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig, histogram_error_estimation
 from defectmap.models.ssim import ssim_map
+from defectmap.outputs import METRIC_NAMES
 from tests.conftest import tiny_config
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -160,3 +161,49 @@ def test_postprocess_script_scores_the_same_weights_under_each_variant(tiny_data
     assert ssim["pixel_auroc"] != plain["pixel_auroc"]
     bad = subprocess.run([*args, "--variants", "ssim+l1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variant 'ssim+l1'" in bad.stderr
+    bad = subprocess.run([*args, "--variants", "choose+hee"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "choose sets normalize and hee itself" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("method", "probe_aurocs", "chosen"),
+    [("ae", [0.5, 0.6, 0.9, 0.7], (True, False)), ("daad", [0.6, 0.8, 0.7, 0.8], (False, True))],
+)
+def test_choose_keeps_the_best_combination_on_synthetic_anomalies(
+    method, probe_aurocs, chosen, tiny_dataset, tmp_path, monkeypatch
+):
+    # The four combinations are scored in the order (off, off), (off, hee), (normalize, off), (normalize, hee);
+    # the first best wins. The run must then equal a run trained with the chosen steps set by hand.
+    normalize, hee = chosen
+    manual = tiny_config(method, tiny_dataset)
+    apply_overrides(manual, {"postprocess": {"normalize": normalize, "hee": hee}})
+    by_hand = load(training.fit(manual, tmp_path / "manual", progress=False))
+    aurocs = iter(probe_aurocs)
+    monkeypatch.setattr(training, "image_auroc", lambda labels, scores: next(aurocs))
+    cfg = tiny_config(method, tiny_dataset)
+    apply_overrides(cfg, {"postprocess": {"choose": "synthetic"}})
+    chose = load(training.fit(cfg, tmp_path / "chose", progress=False))
+    assert next(aurocs, None) is None  # all four were scored
+    post = chose.config.postprocess
+    assert (post.choose, post.normalize, post.hee) == ("synthetic", normalize, hee)
+    assert ("error_filter.expected" in chose.model.state_dict()) == normalize
+    category = open_category(cfg.data)
+    got, expected = (evaluate(d, category, progress=False) for d in (chose, by_hand))
+    assert {m: got[m] for m in METRIC_NAMES} == pytest.approx({m: expected[m] for m in METRIC_NAMES})
+    assert got["threshold"] == pytest.approx(expected["threshold"])
+
+
+def test_choose_refuses_bad_values_and_prn(tiny_dataset):
+    cfg = tiny_config("ae", tiny_dataset)
+    apply_overrides(cfg, {"postprocess": {"choose": "auto"}})
+    with pytest.raises(ConfigError, match="postprocess.choose must be manual or synthetic, got 'auto'"):
+        build_model(cfg)
+    cfg = tiny_config("prn", tiny_dataset)
+    apply_overrides(cfg, {"postprocess": {"choose": "synthetic"}})
+    with pytest.raises(ConfigError, match="postprocess.choose filters reconstruction errors"):
+        build_model(cfg)
+    cfg = tiny_config("pmb", tiny_dataset)
+    apply_overrides(cfg, {"postprocess": {"choose": "synthetic"}, "data": {"val_fraction": 0.0}})
+    with pytest.raises(ConfigError, match="needs validation images"):
+        training.fit(cfg, tiny_dataset.parent / "run", progress=False)
+    assert not (tiny_dataset.parent / "run").exists()  # refused before anything was written

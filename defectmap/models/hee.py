@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectmap.errors import ConfigError
 from defectmap.models.smoothing import GaussianBlur
+
+CHOICES = ("manual", "synthetic")  # postprocess.choose
 
 
 @dataclass
@@ -27,6 +30,10 @@ class PostprocessConfig:
     # so places that are hard to rebuild on every good part (tile edges, borders) stop dominating the map.
     # [ours], not from the papers; off by default (README: it raises image AUROC, costs AU-PRO at part edges).
     normalize: bool = False
+    # manual: normalize and hee as given | synthetic: after training, each on/off combination of the two is scored
+    # on the validation normals with synthetic anomalies pasted in (no real anomaly, no test image); the best
+    # image AUROC wins and the checkpoint records it in normalize and hee. [ours], off by default.
+    choose: str = "manual"
 
 
 def histogram_error_estimation(errors: torch.Tensor, bins: int = 64, edge: float = 0.1) -> torch.Tensor:
@@ -53,6 +60,8 @@ class ErrorMapFilter(nn.Module):
 
     def __init__(self, post: PostprocessConfig, sigma: float):
         super().__init__()
+        if post.choose not in CHOICES:
+            raise ConfigError(f"postprocess.choose must be manual or synthetic, got '{post.choose}'")
         self.post = post
         self.blur = GaussianBlur(sigma)
         # (H, W) expected difference of a normal image; empty until `fit`. Saved only when normalisation is on,
@@ -73,6 +82,12 @@ class ErrorMapFilter(nn.Module):
         mean = self.blur((total / count)[None])[0]
         # Floor at 1% of the average: a position normals rebuild perfectly must not turn noise into a defect.
         self.expected = mean.clamp_min(float(mean.mean()) * 0.01)
+
+    def set_steps(self, normalize: bool, hee: bool) -> None:
+        """Turn normalisation and HEE on or off after construction (`postprocess.choose`); turning normalisation
+        on needs `fit` again. As at construction, the expected difference is saved only while normalisation is on."""
+        self.post.normalize, self.post.hee = normalize, hee
+        self.register_buffer("expected", self.expected, persistent=normalize)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "expected"

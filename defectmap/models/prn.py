@@ -208,8 +208,8 @@ class PRN(AnomalyModel):
     def __init__(self, cfg: PRNConfig | None = None, post: PostprocessConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or PRNConfig()
-        if post is not None and (post.hee or post.normalize):
-            option = "hee" if post.hee else "normalize"
+        if post is not None and (post.hee or post.normalize or post.choose != "manual"):
+            option = "hee" if post.hee else "normalize" if post.normalize else "choose"
             raise ConfigError(f"postprocess.{option} filters reconstruction errors; prn outputs probabilities: drop it")
         self.anomaly_mix = anomaly_mix(cfg)
         self.backbone = FrozenBackbone(cfg.backbone)
