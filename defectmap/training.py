@@ -77,10 +77,10 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, d
 
 
 @torch.no_grad()
-def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: ImageDataset, device, progress: bool = False) -> dict:
+def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: ImageDataset, device, progress: bool = False) -> None:
     """`postprocess.choose=synthetic`: of the four on/off combinations of normalisation and HEE, keep the one whose
-    image AUROC on the validation normals with synthetic anomalies is best (ties: the fewer steps). Writes the
-    choice into `cfg.postprocess` and returns every combination's AUROC."""
+    image AUROC on the validation normals with synthetic anomalies is best (ties: the fewer steps). The model's
+    filter shares `cfg.postprocess`, so the checkpoint records the choice."""
     model.eval()
     probe = list(probe_batches(cfg, val_set, device))  # the same anomalies for every combination
     labels = torch.cat([batch_labels for _, batch_labels in probe]).numpy()
@@ -93,11 +93,9 @@ def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: ImageDataset, 
         aurocs[normalize, hee] = image_auroc(labels, scores)
     normalize, hee = max(aurocs, key=aurocs.get)  # the first best
     model.error_filter.set_steps(normalize, hee)
-    cfg.postprocess.normalize, cfg.postprocess.hee = normalize, hee
     if progress:
         tried = ", ".join(f"normalize={n} hee={h}: {a:.3f}" for (n, h), a in aurocs.items())
         tqdm.write(f"synthetic image AUROC {tried}; chose postprocess.normalize={normalize} postprocess.hee={hee}")
-    return {f"normalize={n} hee={h}": a for (n, h), a in aurocs.items()}
 
 
 def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, train_set, val_set):

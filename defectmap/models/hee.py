@@ -61,7 +61,7 @@ class ErrorMapFilter(nn.Module):
     def __init__(self, post: PostprocessConfig, sigma: float):
         super().__init__()
         if post.choose not in CHOICES:
-            raise ConfigError(f"postprocess.choose must be manual or synthetic, got '{post.choose}'")
+            raise ConfigError(f"postprocess.choose must be {' or '.join(CHOICES)}, got '{post.choose}'")
         self.post = post
         self.blur = GaussianBlur(sigma)
         # (H, W) expected difference of a normal image; empty until `fit`. Saved only when normalisation is on,
