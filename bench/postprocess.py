@@ -23,7 +23,7 @@ from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
-from defectmap.training import calibrate_trained, choose_postprocess
+from defectmap.training import calibrate_trained
 
 STEPS = ("ssim", "normalize", "hee", "choose")
 DEFAULT_VARIANTS = "none,hee,normalize,normalize+hee"
@@ -61,8 +61,6 @@ def with_postprocess(base: engine.Detector, overrides: dict, category: CategoryD
         raise SystemExit(f"{cfg.method} checkpoint: weights do not match ({missing + unexpected})")
     data = cfg.data
     val_set = ImageDataset(category.val, data.image_size, cache=True, max_pixels=data.max_pixels)
-    if cfg.postprocess.choose == "synthetic":  # as `train` ends with it
-        choose_postprocess(cfg, model, val_set, base.device)
     calibration = calibrate_trained(cfg, model, val_set, base.device)
     return engine.Detector(model.eval(), cfg, calibration, base.device, base.info)
 

@@ -64,8 +64,11 @@ def probe_batches(cfg: Config, val_set: ImageDataset, device: torch.device):
 
 
 def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, device, progress: bool = False) -> dict:
-    """After training: the model's own calibration on validation normals (the config values it chooses are
-    written into `cfg.model`, so the checkpoint records them), then thresholds and normalisation."""
+    """After training: the error-map steps with `postprocess.choose=synthetic`, the model's own calibration on
+    validation normals (the config values it chooses are written into `cfg.model`, so the checkpoint records them),
+    then thresholds and normalisation."""
+    if cfg.postprocess.choose == "synthetic":
+        choose_postprocess(cfg, model, val_set, device, progress)
     model.eval()
     normals = (batch["image"].to(device) for batch in DataLoader(val_set, batch_size=cfg.train.eval_batch_size))
     chosen = model.calibrate(normals, probe_batches(cfg, val_set, device))
@@ -257,8 +260,6 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 break
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
-    if cfg.postprocess.choose == "synthetic":
-        choose_postprocess(cfg, model, val_set, device, progress)
     calibration = calibrate_trained(cfg, model, val_set, device, progress)
     path = out / "model.ckpt"
     if not write:
