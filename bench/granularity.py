@@ -24,7 +24,7 @@ from defectmap import engine, training
 from defectmap.config import build_config
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
-from defectmap.granularity import block_sizes
+from defectmap.models.daad import block_sizes
 
 
 @torch.no_grad()

@@ -146,6 +146,8 @@ def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str,
     Seed-major order: every model runs seed 0 before any runs seed 1, so a grid stopped early still
     compares all models on the same seeds.
     """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     root_path, out_path = Path(root), Path(out)
     specs = parse_models(models)
     grid = [(c, m, s) for c in list_categories(root_path, categories) for s in range(seeds) for m in specs]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from defectmap import distributed, engine, outputs, training
 from defectmap.checkpoint import update_calibration
-from defectmap.config import build_config, resolve_config
+from defectmap.config import build_config, check_values, resolve_config
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DefectmapError
@@ -47,10 +47,17 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     return None
 
 
+def _set_tile(detector: engine.Detector, tile: int | None) -> None:
+    """`--tile` given: score tiles of that size (checked as `--set data.tile` would be)."""
+    if tile is not None:
+        detector.config.data.tile = tile
+        check_values(detector.config)
+
+
 def cmd_test(args: argparse.Namespace) -> None:
     detector = engine.load(args.checkpoint, device=args.device)
+    _set_tile(detector, args.tile)
     data_cfg = detector.config.data
-    data_cfg.tile = args.tile if args.tile is not None else data_cfg.tile
     data_cfg.root = args.data or data_cfg.root
     data_cfg.category = args.category or data_cfg.category
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
@@ -71,7 +78,7 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
         return distributed.launch(args.devices, _without_devices(sys.argv[1:]))
     found = outputs.collect_images(args.paths)
     detector = engine.load(args.checkpoint, device=args.device)
-    detector.config.data.tile = args.tile if args.tile is not None else detector.config.data.tile
+    _set_tile(detector, args.tile)
     out = Path(args.out)
     rank, world = distributed.setup()
     if world > 1:  # whole batches go round-robin to the processes; rank 0 merges in the original order

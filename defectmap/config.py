@@ -180,7 +180,41 @@ def resolve_config(values: dict[str, Any], method: str | None = None) -> Config:
     cfg = Config(method=method, model=MODELS[method].Config())
     apply_overrides(cfg, {"train": dict(MODELS[method].train_defaults)})  # the method's own recipe, then the user's
     apply_overrides(cfg, values)
+    check_values(cfg, MODELS[method].input_rule(cfg.model))
     return cfg
+
+
+# The smallest value of each shared numeric setting (a model checks its own fields when it is built).
+AT_LEAST = {
+    "data.anomalies": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1, "data.num_workers": 0,
+    "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1, "train.weight_decay": 0,
+    "train.patience": 0, "train.max_minutes": 0, "train.checkpoint_every": 1,
+}  # fmt: skip
+
+
+def check_values(cfg: Config, input_rule: tuple[int, int] = (1, 1)) -> None:
+    """One-line errors for shared settings out of range, and for an input size the model cannot take.
+
+    `input_rule` is the model's (multiple, minimum) for `data.image_size` (`AnomalyModel.input_rule`).
+    """
+    for key, low in AT_LEAST.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < low:
+            raise ConfigError(f"{key} must be at least {low}, got {value}")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr must be above 0, got {cfg.train.lr}")
+    if not 0 <= cfg.train.false_reject_rate < 1:
+        raise ConfigError(f"train.false_reject_rate must be in [0, 1), got {cfg.train.false_reject_rate}")
+    if cfg.data.tile and cfg.data.tile_overlap >= cfg.data.tile:
+        raise ConfigError(f"data.tile_overlap must be below data.tile ({cfg.data.tile}), got {cfg.data.tile_overlap}")
+    multiple, minimum = input_rule
+    size = cfg.data.image_size
+    if size < minimum or size % multiple:
+        near = max(minimum, multiple * max(1, round(size / multiple)))
+        rule = f"a multiple of {multiple}" if multiple > 1 else f"at least {minimum}"
+        rule += f" from {minimum}" if 1 < multiple < minimum else ""
+        raise ConfigError(f"data.image_size={size} does not fit {cfg.method} as configured: use {rule}, e.g. {near}")
 
 
 def build_config(method: str | None, preset: str | None, sets: list[str], **data: Any) -> Config:

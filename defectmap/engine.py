@@ -150,6 +150,8 @@ def calibrate_on_validation(
 def recalibrate(detector: Detector, false_reject_rate: float, defects: list[Sample] | None = None) -> dict:
     """New thresholds for a trained detector without retraining: at `false_reject_rate` on the validation
     normals, or, given a user validation set of defective images, at the best image F1 on both."""
+    if not 0 <= false_reject_rate < 1:
+        raise ConfigError(f"the false-reject rate must be in [0, 1), got {false_reject_rate}")
     data = detector.config.data
     val_set = ImageDataset(open_category(data).val, data.image_size, max_pixels=data.max_pixels)
     batch = detector.config.train.eval_batch_size

@@ -25,11 +25,7 @@ from defectmap.config import Config
 from defectmap.data.dataset import ImageDataset, synthetic_probe
 from defectmap.data.mvtec import CategoryData
 from defectmap.errors import ConfigError
-
-
-def block_sizes(scale: int, levels: tuple[int, ...] | range) -> tuple[int, ...]:
-    """Scale s: memory level l gets b x b blocks with b = max(1, s // 2**l) (bench/granularity.py too)."""
-    return tuple(max(1, scale // 2**level) for level in levels)
+from defectmap.models.daad import block_sizes
 
 
 @torch.no_grad()

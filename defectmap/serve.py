@@ -117,6 +117,10 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None):
 
 
 def serve(detector: Detector, host: str, port: int, limits: ServiceLimits) -> None:
+    if not 0 <= port <= 65535:
+        raise DefectmapError(f"--port must be 0 to 65535, got {port}")
+    if min(limits.max_bytes, limits.max_pixels, limits.timeout_s) <= 0:
+        raise DefectmapError(f"--max-bytes, --max-pixels and --timeout must be above 0, got {limits}")
     try:
         import uvicorn
     except ImportError as exc:

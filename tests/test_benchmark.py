@@ -90,6 +90,12 @@ def test_unknown_model_is_one_line(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_no_seeds_is_one_line_and_writes_nothing(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "0", "--out", str(out)]) == 2
+    assert "--seeds must be at least 1, got 0" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.parametrize("categories", ["all", "tiny"])
 def test_categories(tiny_dataset, categories):
     from defectmap.benchmark import list_categories

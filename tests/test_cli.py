@@ -118,6 +118,16 @@ def test_corrupted_and_future_checkpoints_exit_2(trained, tmp_path, capsys):
     assert "newer" in capsys.readouterr().err
 
 
+def test_out_of_range_values_exit_2_and_write_nothing(trained, tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "r"
+    train = ["train", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(run), "--quiet"]
+    assert main([*train, "--set", "data.image_size=30"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.image_size=30 does not fit ae" in err and not run.exists()
+    assert main(["test", str(trained / "model.ckpt"), "--tile", "-8", "--out", str(run)]) == 2
+    assert "data.tile must be at least 0, got -8" in capsys.readouterr().err and not run.exists()
+
+
 def test_predict_missing_path_exit_2(trained, tmp_path, capsys):
     assert main(["predict", str(trained / "model.ckpt"), str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err

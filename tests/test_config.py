@@ -1,10 +1,13 @@
 """Defaults, presets and --set overrides; unknown keys and wrong types are errors that help."""
 
 import pytest
+import torch
 
-from defectmap.config import build_config, parse_sets, resolve_config
+from defectmap.config import build_config, config_to_dict, parse_sets, resolve_config
+from defectmap.engine import build_model
 from defectmap.errors import ConfigError
 from defectmap.models import MODELS
+from tests.conftest import tiny_config
 
 
 def test_set_overrides_preset_and_types(tmp_path):
@@ -33,3 +36,42 @@ def test_wrong_types_are_rejected():
         build_config("ae", None, ["train.epochs=many"])
     with pytest.raises(ConfigError, match="key=value"):
         parse_sets(["train.epochs"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train.epochs=0", "train.epochs must be at least 1, got 0"),
+        ("train.batch_size=0", "train.batch_size must be at least 1"),
+        ("train.lr=0", "train.lr must be above 0"),
+        ("train.false_reject_rate=1", r"train.false_reject_rate must be in \[0, 1\)"),
+        ("data.anomalies=-1", "data.anomalies must be at least 0"),
+        ("data.tile=32", r"data.tile_overlap must be below data.tile \(32\), got 32"),
+        ("data.image_size=100", "data.image_size=100 does not fit ae as configured: use a multiple of 16, e.g. 96"),
+    ],
+)
+def test_out_of_range_settings_are_one_line_errors(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("ae", None, [setting])
+
+
+@pytest.mark.parametrize("method", list(MODELS))
+def test_image_size_rule_accepts_exactly_the_sizes_the_model_runs(method):
+    """Every size the config accepts gives a full-size map; every size it refuses would fail in the model
+    (PRN's minimum is set for EfficientNet-Lite0, so smaller sizes may still run on the tests' ResNet-18)."""
+    cfg = tiny_config(method)
+    model = build_model(cfg).eval()
+    multiple, minimum = MODELS[method].input_rule(cfg.model)
+    for size in range(4, 73, 2):
+        accepted = size >= minimum and size % multiple == 0
+        try:
+            with torch.no_grad():
+                runs = model(torch.rand(1, 3, size, size)).anomaly_map.shape == (1, size, size)
+        except Exception:  # noqa: BLE001 - any failure in the model counts as "does not run"
+            runs = False
+        assert runs if accepted else (method == "prn" or not runs), (method, size)
+        if not accepted:
+            values = config_to_dict(cfg)
+            values["data"]["image_size"] = size
+            with pytest.raises(ConfigError, match=f"data.image_size={size} does not fit {method}"):
+                resolve_config(values)

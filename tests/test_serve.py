@@ -15,7 +15,8 @@ from PIL import Image
 
 from defectmap import engine, training
 from defectmap.data.demo import add_defect, fabric
-from defectmap.serve import ServiceLimits, create_app
+from defectmap.errors import DefectmapError
+from defectmap.serve import ServiceLimits, create_app, serve
 from tests.conftest import tiny_config
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -114,3 +115,9 @@ def test_bad_requests_are_4xx_and_the_worker_survives(service, case, expected):
     assert status == expected, body
     assert isinstance(body["detail"], str) and body["detail"]
     assert call(f"{url}/predict", good, "image/png")[0] == 200  # still serving
+
+
+@pytest.mark.parametrize(("port", "limits"), [(70000, ServiceLimits()), (0, ServiceLimits(timeout_s=0))])
+def test_bad_port_or_limits_are_refused_before_starting(service, port, limits):
+    with pytest.raises(DefectmapError, match="--port must be|must be above 0"):
+        serve(service[1], "127.0.0.1", port, limits)

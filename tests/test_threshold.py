@@ -52,6 +52,9 @@ def test_training_and_recalibration_never_read_test_images(tiny_dataset, tmp_pat
     after = engine.load(ckpt).calibration
     assert after["threshold"] <= before["threshold"] and after["false_reject_rate"] == 0.5
     assert "false-reject rate 0.5" in after["threshold_rule"]
+    saved = ckpt.read_bytes()
+    assert main(["threshold", str(ckpt), "--fpr", "1.5"]) == 2  # out of range: refused, checkpoint untouched
+    assert ckpt.read_bytes() == saved
 
 
 def test_max_f1_recalibration_with_user_defects(tiny_dataset, tmp_path):

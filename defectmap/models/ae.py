@@ -57,6 +57,11 @@ def encoder_stages(channels: tuple[int, ...]) -> list[nn.Sequential]:
     return [down_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
 
 
+def stage_multiple(channels: tuple[int, ...]) -> int:
+    """The input side must be a multiple of this for `encoder_stages(channels)` and a decoder to match shapes."""
+    return 2 ** len(channels)
+
+
 def encode(stages: nn.ModuleList, images: torch.Tensor) -> list[torch.Tensor]:
     """The feature map after every encoder stage, shallowest first (the skip inputs of DAAD and PMB)."""
     features, x = [], images
@@ -116,6 +121,10 @@ class Autoencoder(AnomalyModel):
         self.decoder = nn.Sequential(*[up_block(a, b) for a, b in zip(rev[:-1], rev[1:], strict=True)])
         self.head = output_head(rev[-1])
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
+
+    @staticmethod
+    def input_rule(cfg: AEConfig) -> tuple[int, int]:
+        return stage_multiple(cfg.channels), stage_multiple(cfg.channels)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(self.decoder(self.bottleneck(self.encoder(images)))))

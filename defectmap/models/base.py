@@ -28,6 +28,11 @@ class AnomalyModel(nn.Module):
     # Training settings this method needs other than TrainConfig's defaults (the user's values still win).
     train_defaults: dict = {}
 
+    @staticmethod
+    def input_rule(cfg) -> tuple[int, int]:
+        """(multiple, minimum) that data.image_size must meet for a model built from config `cfg` (default: any)."""
+        return 1, 1
+
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Loss name -> parameters it updates; the engine steps one optimizer per entry, in order."""
         return {"loss": [p for p in self.parameters() if p.requires_grad]}

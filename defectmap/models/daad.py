@@ -14,6 +14,7 @@ The paper's full text was not available; the choices below follow METHODS.md ([o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from defectmap.models.ae import (
     encoder_stages,
     output_head,
     reconstruction_error,
+    stage_multiple,
 )
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
@@ -67,6 +69,11 @@ class DAADConfig:
     fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM), as the AE's
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
+
+
+def block_sizes(scale: int, levels: tuple[int, ...] | range) -> tuple[int, ...]:
+    """Scale s: memory level l gets b x b blocks with b = max(1, s // 2**l) (bench/granularity.py too)."""
+    return tuple(max(1, scale // 2**level) for level in levels)
 
 
 class DecoderStage(nn.Module):
@@ -140,6 +147,19 @@ class DAAD(AnomalyModel):
         # Image-score statistics of normal validation images: (map max, latent distance) mean and std.
         self.register_buffer("score_mean", torch.zeros(2))
         self.register_buffer("score_std", torch.ones(2))
+
+    @staticmethod
+    def input_rule(cfg: DAADConfig) -> tuple[int, int]:
+        # Each memory level's feature map (stride 2**(level + 1)) must split into whole blocks, for every
+        # block scheme the run may use.
+        schemes = [block_sizes(s, cfg.memory_levels) for s in cfg.auto_scales] if cfg.granularity == "auto" else []
+        sides = [
+            2 ** (level + 1) * b
+            for blocks in [cfg.block_sizes, *schemes]
+            for level, b in zip(cfg.memory_levels, blocks, strict=False)  # unequal lengths: __init__ says so
+        ]
+        multiple = math.lcm(stage_multiple(cfg.channels), *sides)
+        return multiple, multiple
 
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(reconstruction (B, 3, H, W), addressing weights of every memory level)."""

@@ -10,6 +10,7 @@ error (or 1 - SSIM with `error: ssim`); Histogram Error Estimation is the `postp
 below are [ours] (METHODS.md) and config fields.
 """
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from defectmap.models.ae import (
     encoder_stages,
     output_head,
     reconstruction_error,
+    stage_multiple,
 )
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.daad import DecoderStage
@@ -69,8 +71,22 @@ class PartitionMemoryBank(nn.Module):
         return read.reshape(b, c, h, w), weights
 
 
+def bank_levels(cfg: PMBConfig) -> list[int]:
+    """The skip levels with a partition memory bank: pmb levels, and plain ones that may draw pmb per step."""
+    return [
+        level for level, kind in enumerate(cfg.skips) if kind == "pmb" or (kind == "plain" and cfg.alternate_per_step)
+    ]
+
+
 class PMB(AnomalyModel):
     Config = PMBConfig
+
+    @staticmethod
+    def input_rule(cfg: PMBConfig) -> tuple[int, int]:
+        # Each bank level's feature map (stride 2**(level + 1)) must split into the G x G partitions.
+        sides = [2 ** (level + 1) * cfg.grid for level in bank_levels(cfg)]
+        multiple = math.lcm(stage_multiple(cfg.channels), *sides)
+        return multiple, multiple
 
     def __init__(self, cfg: PMBConfig, post: PostprocessConfig | None = None):
         super().__init__()
@@ -89,8 +105,7 @@ class PMB(AnomalyModel):
                     kernel=cfg.query_kernel,
                     temperature=cfg.temperature,
                 )  # fmt: skip
-                for level, kind in enumerate(cfg.skips)
-                if kind == "pmb" or (kind == "plain" and cfg.alternate_per_step)
+                for level in bank_levels(cfg)
             }
         )
         self.decoder = nn.ModuleList(

@@ -205,6 +205,10 @@ class PRN(AnomalyModel):
     # Adam 1e-4 as the reference; 12 epochs of 8 keep a 256^2 Magnetic Tile run under 30 CPU minutes.
     train_defaults = {"lr": 1e-4, "batch_size": 8, "epochs": 12}
 
+    @staticmethod
+    def input_rule(cfg: PRNConfig) -> tuple[int, int]:
+        return 1, 32  # any size from 32 (EfficientNet-Lite0's deepest used stage fails below)
+
     def __init__(self, cfg: PRNConfig | None = None, post: PostprocessConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or PRNConfig()
