@@ -111,7 +111,7 @@ def cmd_threshold(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     detector = engine.load(args.checkpoint, device="cpu")
     path = export(detector, args.out, args.format)
-    print(f"exported {args.format} model: {path}")
+    print(f"exported {path}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -226,8 +226,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint as ONNX or TorchScript (config and threshold inside)")
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--out", required=True, help="output file, e.g. model.onnx or model.ts")
+    p.add_argument("--format", choices=FORMATS, help="default: the one --out's suffix names")
+    p.add_argument("--out", required=True, help="output file: model.onnx (ONNX) or model.ts (TorchScript)")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model")

@@ -23,7 +23,8 @@ from defectmap.errors import CheckpointError, DefectmapError
 from defectmap.models.base import Output
 
 METADATA_KEY = "defectmap"
-FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts"}  # `engine.load` tells exports apart by these
+FORMATS = tuple(SUFFIXES)
 
 
 class ExportGraph(nn.Module):
@@ -53,11 +54,18 @@ def _metadata(detector) -> str:
     )
 
 
-def export(detector, path: str | Path, fmt: str = "onnx") -> Path:
-    """Write `detector` as ONNX (opset 18, dynamic batch) or TorchScript; returns the path."""
+def export(detector, path: str | Path, fmt: str | None = None) -> Path:
+    """Write `detector` as ONNX (opset 18, dynamic batch) or TorchScript; returns the path.
+
+    The format defaults to the one `path`'s suffix names (.onnx or .ts), and the two must agree.
+    """
+    path = Path(path)
+    named = {suffix: name for name, suffix in SUFFIXES.items()}.get(path.suffix)
+    fmt = fmt or named or "onnx"
     if fmt not in FORMATS:
         raise DefectmapError(f"unknown export format '{fmt}'; choose {' or '.join(FORMATS)}")
-    path = Path(path)
+    if named != fmt:
+        raise DefectmapError(f"{path}: name a {fmt} export *{SUFFIXES[fmt]}, the suffix test, predict and serve read")
     graph = ExportGraph(detector)
     size = detector.config.data.image_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))

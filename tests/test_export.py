@@ -7,7 +7,7 @@ import torch
 from defectmap import engine, training
 from defectmap.data.mvtec import open_category
 from defectmap.errors import CheckpointError
-from defectmap.export import export
+from defectmap.export import TorchScriptModel, export
 from defectmap.models import MODELS
 from tests.conftest import tiny_config
 
@@ -72,3 +72,16 @@ def test_export_and_predict_from_the_command_line(trained_models, tmp_path):
     assert [r["decision"] for r in rows["ckpt"]] == [r["decision"] for r in rows["onnx"]]
     for a, b in zip(rows["ckpt"], rows["onnx"], strict=True):
         assert abs(float(a["score"]) - float(b["score"])) < 1e-4
+
+
+def test_format_follows_the_suffix_and_a_mismatch_writes_nothing(trained_models, tmp_path, capsys):
+    from defectmap.cli import main
+
+    _, checkpoints = trained_models
+    ts_path = tmp_path / "model.ts"
+    assert main(["export", str(checkpoints["ae"]), "--out", str(ts_path)]) == 0  # TorchScript, from the suffix
+    assert isinstance(engine.load(ts_path, device="cpu").model, TorchScriptModel)
+    for args in (["--out", str(tmp_path / "m.ts"), "--format", "onnx"], ["--out", str(tmp_path / "m.bin")]):
+        assert main(["export", str(checkpoints["ae"]), *args]) == 2
+        assert "name a" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ts"]
