@@ -35,6 +35,12 @@ def _without_devices(argv: list[str]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int | None:
+    held = [name for name in ("model.ckpt", "last.ckpt") if (Path(args.out) / name).exists()]
+    if held and not (args.resume or args.overwrite or "WORLD_SIZE" in os.environ):  # torchrun's processes: checked
+        raise DefectmapError(
+            f"{args.out} already holds a run ({held[0]}): continue it with --resume, replace it with --overwrite, "
+            "or give another --out"
+        )
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         return distributed.launch(args.devices, _without_devices(sys.argv[1:]))
     if args.resume:  # the run's own config, saved in last.ckpt, is used as it was
@@ -189,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category folder under --data")
     p.add_argument("--out", required=True, help="run folder for model.ckpt, last.ckpt and history.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from last.ckpt")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     p.add_argument("--devices", type=int, default=1, help="data-parallel processes on this machine (via torchrun)")
     p.add_argument("--config", help="YAML preset with data:, train:, model: sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")

@@ -128,6 +128,16 @@ def test_out_of_range_values_exit_2_and_write_nothing(trained, tiny_dataset, tmp
     assert "data.tile must be at least 0, got -8" in capsys.readouterr().err and not run.exists()
 
 
+def test_train_into_a_run_folder_needs_resume_or_overwrite(trained, tiny_dataset, capsys):
+    saved = (trained / "model.ckpt").read_bytes()
+    train = ["train", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(trained), "--quiet"]
+    assert main([*train, "--set", "train.epochs=1"]) == 2
+    assert "already holds a run (model.ckpt)" in capsys.readouterr().err
+    assert (trained / "model.ckpt").read_bytes() == saved
+    assert main([*train, "--overwrite", "--set", "train.epochs=1", "--set", "train.seed=1"]) == 0
+    assert (trained / "model.ckpt").read_bytes() != saved
+
+
 def test_predict_missing_path_exit_2(trained, tmp_path, capsys):
     assert main(["predict", str(trained / "model.ckpt"), str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
