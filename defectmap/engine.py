@@ -24,6 +24,7 @@ from defectmap.data.images import load_mask
 from defectmap.data.mvtec import CategoryData, Sample, open_category
 from defectmap.data.transforms import resize_map
 from defectmap.errors import ConfigError, DataError, DefectmapError
+from defectmap.export import SUFFIXES, load_exported
 from defectmap.models import MODELS, AnomalyModel
 from defectmap.threshold import calibrate, normalise, threshold_max_f1
 
@@ -62,9 +63,7 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     """Rebuild a Detector from a checkpoint file alone, or from an exported `.onnx` / `.ts` model."""
     path = Path(path)
     dev = resolve_device(device)
-    if path.suffix in (".onnx", ".ts"):
-        from defectmap.export import load_exported
-
+    if path.suffix in SUFFIXES.values():
         return load_exported(path, dev)
     payload = load_checkpoint(path)
     cfg = resolve_config(payload["config"])
