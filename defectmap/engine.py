@@ -236,11 +236,13 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
 
 
-def predict(detector: Detector, samples: list[Sample], *, progress: bool = True) -> Iterator[dict]:
-    """Per image: score, normalised score (threshold -> 0.5), decision and original-size map.
+def predict(detector: Detector, samples: list[Sample | str | Path], *, progress: bool = True) -> Iterator[dict]:
+    """Per image (a `Sample` or an image file path): score, normalised score (threshold -> 0.5), decision and
+    original-size map.
 
     An unreadable image yields {"path", "error"} instead, and prediction goes on.
     """
+    samples = [s if isinstance(s, Sample) else Sample(Path(s), 0) for s in samples]
     dataset = _scoring_set(detector.config, samples, skip_errors=True)
     cal = detector.calibration
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)

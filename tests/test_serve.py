@@ -86,6 +86,8 @@ def test_predict_matches_the_library(service, tmp_path):
     from defectmap.data.mvtec import Sample
 
     [row] = engine.predict(detector, [Sample(tmp_path / "x.png", 0)], progress=False)
+    [by_path] = engine.predict(detector, [str(tmp_path / "x.png")], progress=False)  # a plain path works too
+    assert by_path["score"] == row["score"] and by_path["path"] == tmp_path / "x.png"
     assert body["score"] == pytest.approx(row["score"], abs=1e-7)
     assert body["defective"] == row["defective"] and body["decision"] in ("good", "defect")
     assert (body["width"], body["height"]) == (60, 60) and 0.0 <= body["defect_area"] <= 1.0
