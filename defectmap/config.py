@@ -180,11 +180,11 @@ def resolve_config(values: dict[str, Any], method: str | None = None) -> Config:
     cfg = Config(method=method, model=MODELS[method].Config())
     apply_overrides(cfg, {"train": dict(MODELS[method].train_defaults)})  # the method's own recipe, then the user's
     apply_overrides(cfg, values)
-    check_values(cfg, MODELS[method].input_rule(cfg.model))
+    check_values(cfg)
     return cfg
 
 
-# The smallest value of each shared numeric setting (a model checks its own fields when it is built).
+# The smallest value of each shared numeric setting (models name theirs in `AnomalyModel.positive`).
 AT_LEAST = {
     "data.anomalies": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1, "data.num_workers": 0,
     "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1, "train.weight_decay": 0,
@@ -192,11 +192,12 @@ AT_LEAST = {
 }  # fmt: skip
 
 
-def check_values(cfg: Config, input_rule: tuple[int, int] = (1, 1)) -> None:
-    """One-line errors for shared settings out of range, and for an input size the model cannot take.
+def check_values(cfg: Config) -> None:
+    """One-line errors for settings out of range: the shared ones, the model's sizes and counts
+    (`AnomalyModel.positive`), and an input size the model cannot take (`AnomalyModel.input_rule`)."""
+    from defectmap.models import MODELS
 
-    `input_rule` is the model's (multiple, minimum) for `data.image_size` (`AnomalyModel.input_rule`).
-    """
+    model_class = MODELS[cfg.method]
     for key, low in AT_LEAST.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -208,7 +209,13 @@ def check_values(cfg: Config, input_rule: tuple[int, int] = (1, 1)) -> None:
         raise ConfigError(f"train.false_reject_rate must be in [0, 1), got {cfg.train.false_reject_rate}")
     if cfg.data.tile and cfg.data.tile_overlap >= cfg.data.tile:
         raise ConfigError(f"data.tile_overlap must be below data.tile ({cfg.data.tile}), got {cfg.data.tile_overlap}")
-    multiple, minimum = input_rule
+    for name in model_class.positive:
+        value = getattr(cfg.model, name)
+        entries = value if isinstance(value, tuple) else (value,)
+        if not entries or min(entries) <= 0:
+            what = "a list of values" if isinstance(value, tuple) else "a value"
+            raise ConfigError(f"model.{name} must be {what} above 0, got {value!r}")
+    multiple, minimum = model_class.input_rule(cfg.model)
     size = cfg.data.image_size
     if size < minimum or size % multiple:
         near = max(minimum, multiple * max(1, round(size / multiple)))

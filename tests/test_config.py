@@ -55,6 +55,22 @@ def test_out_of_range_settings_are_one_line_errors(setting, message):
         build_config("ae", None, [setting])
 
 
+@pytest.mark.parametrize(
+    ("method", "setting", "message"),
+    [
+        ("ae", "model.channels=[]", r"model.channels must be a list of values above 0, got \(\)"),
+        ("daad", "model.memory_items=[256,0,256]", "model.memory_items must be a list of values above 0"),
+        ("daad", "model.temperature=0", "model.temperature must be a value above 0"),
+        ("pmb", "model.grid=0", "model.grid must be a value above 0"),
+        ("pmb", "model.query_kernel=4", "model.query_kernel must be odd"),
+        ("prn", "model.top_k=0", "model.top_k must be a value above 0"),
+    ],
+)
+def test_model_sizes_and_counts_out_of_range_are_one_line_errors(method, setting, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(build_config(method, None, [setting, "model.pretrained=false"] if method == "prn" else [setting]))
+
+
 @pytest.mark.parametrize("method", list(MODELS))
 def test_image_size_rule_accepts_exactly_the_sizes_the_model_runs(method):
     """Every size the config accepts gives a full-size map; every size it refuses would fail in the model

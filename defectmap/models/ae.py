@@ -109,6 +109,7 @@ def reconstruction_error(images: torch.Tensor, recon: torch.Tensor, kind: str) -
 
 class Autoencoder(AnomalyModel):
     Config = AEConfig
+    positive = ("channels", "latent_channels")
 
     def __init__(self, cfg: AEConfig, post: PostprocessConfig | None = None):
         super().__init__()

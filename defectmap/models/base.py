@@ -28,6 +28,9 @@ class AnomalyModel(nn.Module):
     # Training settings this method needs other than TrainConfig's defaults (the user's values still win).
     train_defaults: dict = {}
 
+    # Config fields (sizes, counts, temperatures) whose value, or every entry of it, must be above 0.
+    positive: tuple[str, ...] = ()
+
     @staticmethod
     def input_rule(cfg) -> tuple[int, int]:
         """(multiple, minimum) that data.image_size must meet for a model built from config `cfg` (default: any)."""

@@ -114,6 +114,16 @@ class Discriminator(nn.Module):
 
 class DAAD(AnomalyModel):
     Config = DAADConfig
+    positive = (
+        "channels",
+        "latent_channels",
+        "block_sizes",
+        "auto_scales",
+        "auto_epochs",
+        "memory_items",
+        "temperature",
+        "discriminator_channels",
+    )
 
     def __init__(self, cfg: DAADConfig, post: PostprocessConfig | None = None):
         super().__init__()

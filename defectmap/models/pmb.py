@@ -80,6 +80,7 @@ def bank_levels(cfg: PMBConfig) -> list[int]:
 
 class PMB(AnomalyModel):
     Config = PMBConfig
+    positive = ("channels", "latent_channels", "grid", "query_kernel", "memory_items", "temperature")
 
     @staticmethod
     def input_rule(cfg: PMBConfig) -> tuple[int, int]:
@@ -92,6 +93,10 @@ class PMB(AnomalyModel):
         super().__init__()
         if len(cfg.skips) != len(cfg.channels) - 1 or not set(cfg.skips) <= {"pmb", "plain", "none"}:
             raise ConfigError(f"model.skips needs {len(cfg.channels) - 1} entries of pmb, plain or none")
+        if cfg.query_kernel % 2 == 0:
+            raise ConfigError(
+                f"model.query_kernel must be odd (a window centred on each position), got {cfg.query_kernel}"
+            )
         check_error_kind(cfg.error)
         self.cfg = cfg
         self.encoder = nn.ModuleList(encoder_stages(cfg.channels))

@@ -202,6 +202,17 @@ class MultiSizeAttention(nn.Module):
 
 class PRN(AnomalyModel):
     Config = PRNConfig
+    positive = (
+        "max_prototypes",
+        "prototype_fraction",
+        "kmeans_iterations",
+        "width",
+        "window_divisions",
+        "max_window",
+        "decoder_channels",
+        "top_k",
+        "top_k_size",
+    )
     # Adam 1e-4 as the reference; 12 epochs of 8 keep a 256^2 Magnetic Tile run under 30 CPU minutes.
     train_defaults = {"lr": 1e-4, "batch_size": 8, "epochs": 12}
 
