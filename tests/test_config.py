@@ -91,3 +91,10 @@ def test_image_size_rule_accepts_exactly_the_sizes_the_model_runs(method):
             values["data"]["image_size"] = size
             with pytest.raises(ConfigError, match=f"data.image_size={size} does not fit {method}"):
                 resolve_config(values)
+
+
+def test_automatic_granularity_needs_a_size_that_fits_every_trial():
+    build_config("daad", None, ["data.image_size=80"])  # the default blocks (8, 4, 2) need a multiple of 16
+    build_config("daad", None, ["model.granularity=auto", "data.image_size=96"])
+    with pytest.raises(ConfigError, match="data.image_size=80 does not fit daad as configured: use a multiple of 32"):
+        build_config("daad", None, ["model.granularity=auto", "data.image_size=80"])  # scale 16: blocks (16, 8, 4)

@@ -161,11 +161,12 @@ class DAAD(AnomalyModel):
     @staticmethod
     def input_rule(cfg: DAADConfig) -> tuple[int, int]:
         # Each memory level's feature map (stride 2**(level + 1)) must split into whole blocks, for every
-        # block scheme the run may use.
-        schemes = [block_sizes(s, cfg.memory_levels) for s in cfg.auto_scales] if cfg.granularity == "auto" else []
+        # block scheme the run may use (with granularity=auto, each trial's).
+        auto = cfg.granularity == "auto"
+        schemes = [block_sizes(s, cfg.memory_levels) for s in cfg.auto_scales] if auto else [cfg.block_sizes]
         sides = [
             2 ** (level + 1) * b
-            for blocks in [cfg.block_sizes, *schemes]
+            for blocks in schemes
             for level, b in zip(cfg.memory_levels, blocks, strict=False)  # unequal lengths: __init__ says so
         ]
         multiple = math.lcm(stage_multiple(cfg.channels), *sides)
