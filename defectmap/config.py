@@ -192,6 +192,12 @@ AT_LEAST = {
 }  # fmt: skip
 
 
+def check_rate(key: str, value: float) -> None:
+    """A share of images, such as a false-reject rate, must lie in [0, 1)."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key} must be in [0, 1), got {value}")
+
+
 def check_values(cfg: Config) -> None:
     """One-line errors for settings out of range: the shared ones, the model's sizes and counts
     (`AnomalyModel.positive`), and an input size the model cannot take (`AnomalyModel.input_rule`)."""
@@ -205,8 +211,7 @@ def check_values(cfg: Config) -> None:
             raise ConfigError(f"{key} must be at least {low}, got {value}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be above 0, got {cfg.train.lr}")
-    if not 0 <= cfg.train.false_reject_rate < 1:
-        raise ConfigError(f"train.false_reject_rate must be in [0, 1), got {cfg.train.false_reject_rate}")
+    check_rate("train.false_reject_rate", cfg.train.false_reject_rate)
     if cfg.data.tile and cfg.data.tile_overlap >= cfg.data.tile:
         raise ConfigError(f"data.tile_overlap must be below data.tile ({cfg.data.tile}), got {cfg.data.tile_overlap}")
     for name in model_class.positive:

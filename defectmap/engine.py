@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from defectmap import metrics
 from defectmap.checkpoint import load_checkpoint
-from defectmap.config import Config, resolve_config
+from defectmap.config import Config, check_rate, resolve_config
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import CategoryData, Sample, open_category
@@ -149,8 +149,7 @@ def calibrate_on_validation(
 def recalibrate(detector: Detector, false_reject_rate: float, defects: list[Sample] | None = None) -> dict:
     """New thresholds for a trained detector without retraining: at `false_reject_rate` on the validation
     normals, or, given a user validation set of defective images, at the best image F1 on both."""
-    if not 0 <= false_reject_rate < 1:
-        raise ConfigError(f"the false-reject rate must be in [0, 1), got {false_reject_rate}")
+    check_rate("the false-reject rate", false_reject_rate)
     data = detector.config.data
     val_set = ImageDataset(open_category(data).val, data.image_size, max_pixels=data.max_pixels)
     batch = detector.config.train.eval_batch_size

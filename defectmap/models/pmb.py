@@ -82,13 +82,6 @@ class PMB(AnomalyModel):
     Config = PMBConfig
     positive = ("channels", "latent_channels", "grid", "query_kernel", "memory_items", "temperature")
 
-    @staticmethod
-    def input_rule(cfg: PMBConfig) -> tuple[int, int]:
-        # Each bank level's feature map (stride 2**(level + 1)) must split into the G x G partitions.
-        sides = [2 ** (level + 1) * cfg.grid for level in bank_levels(cfg)]
-        multiple = math.lcm(stage_multiple(cfg.channels), *sides)
-        return multiple, multiple
-
     def __init__(self, cfg: PMBConfig, post: PostprocessConfig | None = None):
         super().__init__()
         if len(cfg.skips) != len(cfg.channels) - 1 or not set(cfg.skips) <= {"pmb", "plain", "none"}:
@@ -121,6 +114,13 @@ class PMB(AnomalyModel):
         )
         self.head = output_head(cfg.channels[0])
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
+
+    @staticmethod
+    def input_rule(cfg: PMBConfig) -> tuple[int, int]:
+        # Each bank level's feature map (stride 2**(level + 1)) must split into the G x G partitions.
+        sides = [2 ** (level + 1) * cfg.grid for level in bank_levels(cfg)]
+        multiple = math.lcm(stage_multiple(cfg.channels), *sides)
+        return multiple, multiple
 
     def _skip_kind(self, level: int) -> str:
         kind = self.cfg.skips[level]
