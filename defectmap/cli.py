@@ -11,7 +11,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from defectmap import distributed, engine, outputs, training
+from torch import __version__ as torch_version
+
+from defectmap import __version__, distributed, engine, outputs, training
 from defectmap.checkpoint import update_calibration
 from defectmap.config import build_config, check_values, resolve_config
 from defectmap.data.demo import write_demo_dataset
@@ -184,6 +186,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="defectmap", description="Anomaly detection and defect maps for images.")
+    main.add_argument("--version", action="version", version=f"defectmap {__version__} (torch {torch_version})")
     sub = main.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:

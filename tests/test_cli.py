@@ -149,6 +149,17 @@ def test_models_lists_every_method(capsys):
     assert capsys.readouterr().out.startswith("ae ")
 
 
+def test_version_names_the_package_and_torch(capsys):
+    import torch
+
+    from defectmap import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"defectmap {__version__} (torch {torch.__version__})"
+
+
 def test_interrupted_batch_prediction_resumes_to_the_same_csv(trained, tiny_dataset, tmp_path, monkeypatch):
     from defectmap import engine
 
