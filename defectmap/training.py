@@ -157,8 +157,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     seed_everything(cfg.train.seed)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     device = distributed.local_device(rank, resolve_device(cfg.train.device))
+    model = build_model(cfg).to(device)  # before decoding images: a model's own config errors come first
     train_set, val_set = _loaded_datasets(cfg, category, progress)
-    model = build_model(cfg).to(device)
     if world > 1:
         model = distributed.convert_batchnorm(model)
         distributed.broadcast_state(model)

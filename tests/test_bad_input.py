@@ -99,6 +99,17 @@ def test_bad_training_image_fails_before_any_output(tiny_dataset, tmp_path, caps
     assert not out.exists()
 
 
+def test_model_config_errors_come_before_decoding_images(tiny_dataset, tmp_path, capsys):
+    """A model's own config check (here PMB's odd query kernel) fails before any image is decoded."""
+    (tiny_dataset / "tiny" / "train" / "good" / "03.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "run"
+    code = main(["train", "--model", "pmb", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(out),
+                 "--quiet", "--set", "data.image_size=32", "--set", "model.query_kernel=4"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "model.query_kernel must be odd" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_predict_reports_and_skips_bad_files(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", "ae", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(run),
