@@ -15,6 +15,7 @@ below its median normal, by defect type. The per-image scores are written too, s
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +46,19 @@ def hard_cases(run: dict, top: int) -> dict:
     labels, scores = run["labels"], run["scores"]
     normals, defects = scores[labels == 0], scores[labels == 1]
     misordered = normals[:, None] >= defects[None, :]  # (normal, defective) pairs ranked wrongly (ties count)
-    order = np.argsort(-normals)
-    weak = [i for i in np.flatnonzero(labels == 1) if scores[i] <= np.median(normals)]
-    by_type: dict[str, int] = {}
-    for i in weak:
-        by_type[run["defects"][i]] = by_type.get(run["defects"][i], 0) + 1
+    order = np.argsort(-normals)[:top]
+    top_normals = np.flatnonzero(labels == 0)[order]  # their indices in the test split
+    median = np.median(normals)
+    weak = Counter(run["defects"][i] for i in np.flatnonzero(labels == 1) if scores[i] <= median)
     return {
         "image_auroc": metrics.image_auroc(labels, scores),
         "misordered_pairs": int(misordered.sum()),
-        "share_from_top_normals": float(misordered[order[:top]].sum() / max(misordered.sum(), 1)),
+        "share_from_top_normals": float(misordered[order].sum() / max(misordered.sum(), 1)),
         "auroc_without_top_normals": metrics.image_auroc(
-            np.delete(labels, np.flatnonzero(labels == 0)[order[:top]]),
-            np.delete(scores, np.flatnonzero(labels == 0)[order[:top]]),
+            np.delete(labels, top_normals), np.delete(scores, top_normals)
         ),
-        "top_normals": [run["paths"][i] for i in np.flatnonzero(labels == 0)[order[:top]]],
-        "defective_below_median_normal": by_type,
+        "top_normals": [run["paths"][i] for i in top_normals],
+        "defective_below_median_normal": dict(weak),
     }
 
 

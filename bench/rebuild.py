@@ -48,7 +48,9 @@ def rebuild(checkpoint: str, ring_px: int) -> dict:
         recon = model.reconstruct(images)
         if isinstance(recon, tuple):  # daad and pmb also return the addressing weights of each memory level
             recon, weights = recon
-            for level, w in enumerate(weights):  # exp(entropy): how many items a query reads from, in effect
+            # exp(entropy) per query, then the mean: how many items a query reads from, in effect (memory's
+            # addressing_entropy averages the entropies first, which would give the exp of a mean instead)
+            for level, w in enumerate(weights):
                 used = torch.exp(-(w * torch.log(w + 1e-12)).sum(-1)).flatten().cpu()
                 items_read.setdefault(level, []).append(used)
         error = (images - recon).pow(2).mean(1).cpu()
