@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from defectmap import engine
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
+from defectmap.models.memory import query_entropy
 
 
 def contrast(grey: torch.Tensor, inside: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
@@ -48,11 +49,8 @@ def rebuild(checkpoint: str, ring_px: int) -> dict:
         recon = model.reconstruct(images)
         if isinstance(recon, tuple):  # daad and pmb also return the addressing weights of each memory level
             recon, weights = recon
-            # exp(entropy) per query, then the mean: how many items a query reads from, in effect (memory's
-            # addressing_entropy averages the entropies first, which would give the exp of a mean instead)
-            for level, w in enumerate(weights):
-                used = torch.exp(-(w * torch.log(w + 1e-12)).sum(-1)).flatten().cpu()
-                items_read.setdefault(level, []).append(used)
+            for level, w in enumerate(weights):  # exp(entropy) per query: how many items it reads, in effect
+                items_read.setdefault(level, []).append(torch.exp(query_entropy(w)).flatten().cpu())
         error = (images - recon).pow(2).mean(1).cpu()
         masks, good = batch["mask"] > 0.5, batch["label"] == 0
         for name, where in (("good", good[:, None, None].expand_as(masks)), ("defect", masks),

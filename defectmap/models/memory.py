@@ -45,9 +45,14 @@ class Memory(nn.Module):
         return weights @ self.items, weights
 
 
+def query_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Entropy of each query's addressing weights (..., N) -> (...); exp of it is the items read, in effect."""
+    return -(weights * torch.log(weights + 1e-12)).sum(-1)
+
+
 def addressing_entropy(weights: torch.Tensor) -> torch.Tensor:
-    """Mean entropy of addressing weights (Q, N); minimising it makes addressing sparse."""
-    return -(weights * torch.log(weights + 1e-12)).sum(1).mean()
+    """Mean entropy of addressing weights (..., N) over all queries; minimising it makes addressing sparse."""
+    return query_entropy(weights).mean()
 
 
 def divide_blocks(features: torch.Tensor, block: int) -> torch.Tensor:

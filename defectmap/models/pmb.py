@@ -148,9 +148,7 @@ class PMB(AnomalyModel):
         recon, weights = self.reconstruct(images)
         losses = {"mse": F.mse_loss(recon, images)}
         losses["entropy"] = (
-            torch.stack([addressing_entropy(w.flatten(0, 1)) for w in weights]).mean()
-            if weights
-            else recon.new_zeros(())
+            torch.stack([addressing_entropy(w) for w in weights]).mean() if weights else recon.new_zeros(())
         )
         losses["loss"] = losses["mse"] + self.cfg.entropy_weight * losses["entropy"]
         return losses
