@@ -107,7 +107,29 @@ def reconstruction_error(images: torch.Tensor, recon: torch.Tensor, kind: str) -
     raise ValueError(f"unknown error '{kind}'; use l2 or ssim")
 
 
-class Autoencoder(AnomalyModel):
+class ErrorMapModel(AnomalyModel):
+    """A reconstruction model scored by its filtered error map alone: map = error_filter(difference), score = max.
+
+    Subclasses set `self.error_filter` and define `difference(images) -> (B, H, W)`; calibration fits the
+    filter's statistics (position normalisation, HEE) on the normal validation images.
+    """
+
+    error_filter: ErrorMapFilter
+
+    def difference(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor], probe: Iterable = ()) -> dict:
+        self.error_filter.fit(self.difference(images) for images in batches)
+        return {}
+
+    def forward(self, images: torch.Tensor) -> Output:
+        maps = self.error_filter(self.difference(images))  # (B, H, W)
+        return Output(maps.flatten(1).amax(1), maps)
+
+
+class Autoencoder(ErrorMapModel):
     Config = AEConfig
     positive = ("channels", "latent_channels")
 
@@ -144,12 +166,3 @@ class Autoencoder(AnomalyModel):
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
         return reconstruction_error(images, self.reconstruct(images), self.cfg.error)  # (B, H, W)
-
-    @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor], probe: Iterable = ()) -> dict:
-        self.error_filter.fit(self.difference(images) for images in batches)
-        return {}
-
-    def forward(self, images: torch.Tensor) -> Output:
-        maps = self.error_filter(self.difference(images))  # (B, H, W)
-        return Output(maps.flatten(1).amax(1), maps)

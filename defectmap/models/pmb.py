@@ -11,7 +11,6 @@ below are [ours] (METHODS.md) and config fields.
 """
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 
 from defectmap.errors import ConfigError
 from defectmap.models.ae import (
+    ErrorMapModel,
     bottleneck_block,
     check_error_kind,
     encode,
@@ -28,7 +28,6 @@ from defectmap.models.ae import (
     reconstruction_error,
     stage_multiple,
 )
-from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.daad import DecoderStage
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.memory import address, addressing_entropy
@@ -78,7 +77,7 @@ def bank_levels(cfg: PMBConfig) -> list[int]:
     ]
 
 
-class PMB(AnomalyModel):
+class PMB(ErrorMapModel):
     Config = PMBConfig
     positive = ("channels", "latent_channels", "grid", "query_kernel", "memory_items", "temperature")
 
@@ -155,12 +154,3 @@ class PMB(AnomalyModel):
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
         return reconstruction_error(images, self.reconstruct(images)[0], self.cfg.error)  # (B, H, W)
-
-    @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor], probe: Iterable = ()) -> dict:
-        self.error_filter.fit(self.difference(images) for images in batches)
-        return {}
-
-    def forward(self, images: torch.Tensor) -> Output:
-        maps = self.error_filter(self.difference(images))  # (B, H, W)
-        return Output(maps.flatten(1).amax(1), maps)
