@@ -95,16 +95,18 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
         size = detector.config.train.eval_batch_size
         batches = [found[i : i + size] for i in range(0, len(found), size)]
         mine = [item for batch in batches[rank::world] for item in batch]
-        count, skipped = outputs.predict_to_folder(detector, mine, out / ".parts" / f"rank{rank}", progress=False)
+        outputs.predict_to_folder(detector, mine, out / ".parts" / f"rank{rank}", progress=False)
         distributed.barrier()
-        if rank == 0:
-            outputs.merge_parts(found, out, [out / ".parts" / f"rank{r}" for r in range(world)])
+        if rank == 0:  # the totals over every process; the others print nothing
+            count, skipped = outputs.merge_parts(found, out, [out / ".parts" / f"rank{r}" for r in range(world)])
         distributed.teardown()
+        if rank != 0:
+            return None
     else:
         count, skipped = outputs.predict_to_folder(detector, found, out, resume=args.resume, progress=not args.quiet)
-    print(f"scored {count} images: {out / 'scores.csv'}")
+    print(f"scored {count} image{'s' * (count != 1)}: {out / 'scores.csv'}")
     if skipped:
-        print(f"skipped {skipped} unreadable images: {out / 'errors.csv'}", file=sys.stderr)
+        print(f"skipped {skipped} unreadable image{'s' * (skipped != 1)}: {out / 'errors.csv'}", file=sys.stderr)
     return None
 
 

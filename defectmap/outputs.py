@@ -141,8 +141,11 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path]) -> None:
-    """Join per-process prediction folders into OUT: rows in the original image order, maps and masks moved."""
+def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path]) -> tuple[int, int]:
+    """Join per-process prediction folders into OUT: rows in the original image order, maps and masks moved.
+
+    Returns (scored, skipped as unreadable) over all the parts.
+    """
     rows: dict[str, list[str]] = {}
     errors: dict[str, list[str]] = {}
     for part in parts:
@@ -169,3 +172,4 @@ def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path
             (part / name).unlink()
         part.rmdir()
     parts[0].parent.rmdir()
+    return len(rows), len(errors)

@@ -23,12 +23,13 @@ MODEL = {
 }  # fmt: skip
 
 
-def run(*args: str) -> None:
+def run(*args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     result = subprocess.run([sys.executable, "-m", "defectmap", *args], env=env, capture_output=True, text=True,
                             timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def test_shard_batches_split_every_global_batch():
@@ -54,8 +55,14 @@ def test_distributed_predict_writes_the_same_csv(tiny_dataset, tmp_path):
     run("train", "--model", "ae", "--data", str(tiny_dataset), "--category", "tiny", *TRAIN, *MODEL["ae"],
         "--out", str(tmp_path / "run"))  # fmt: skip
     ckpt, images = str(tmp_path / "run" / "model.ckpt"), str(tiny_dataset / "tiny")
-    run("predict", ckpt, images, "--out", str(tmp_path / "one"), "--quiet")
-    run("predict", ckpt, images, "--out", str(tmp_path / "two"), "--quiet", "--devices", "2")
+    said_one = run("predict", ckpt, images, "--out", str(tmp_path / "one"), "--quiet")
+    said_two = run("predict", ckpt, images, "--out", str(tmp_path / "two"), "--quiet", "--devices", "2")
+    # One summary line with the total over both processes, as a single process prints it.
+    total = sum(1 for _ in (tmp_path / "one" / "scores.csv").open()) - 1
+    assert said_one.splitlines()[-1] == f"scored {total} images: {tmp_path / 'one' / 'scores.csv'}"
+    assert [line for line in said_two.splitlines() if line.startswith("scored")] == [
+        f"scored {total} images: {tmp_path / 'two' / 'scores.csv'}"
+    ]
     assert (tmp_path / "two" / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
     assert sorted(p.name for p in (tmp_path / "two" / "maps").iterdir()) == sorted(
         p.name for p in (tmp_path / "one" / "maps").iterdir()
