@@ -65,7 +65,9 @@ def parse_models(text: str) -> list[tuple[str, str | None, str | None]]:
 
 
 def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str, seed: int, sets: list[str],
-            run_dir: Path) -> dict:  # fmt: skip
+            run_dir: Path, progress: bool = False) -> dict:  # fmt: skip
+    """Train and test one run (or read its metrics.json when it finished before). With `progress`, the run's own
+    epoch bar and per-epoch losses show under the grid's bar, so a long run is not a silent one."""
     label, method, preset = spec
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
@@ -80,13 +82,25 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     last = run_dir / "last.ckpt"
     before = float(load_training_state(last)["state"]["seconds"]) if last.is_file() else 0.0
     start = time.perf_counter()
-    checkpoint = training.fit(cfg, run_dir, progress=False, resume=last.is_file())
+    checkpoint = training.fit(cfg, run_dir, progress=progress, resume=last.is_file())
     train_seconds = before + time.perf_counter() - start
     detector = engine.load(checkpoint)
-    report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
+    report = engine.evaluate(detector, open_category(detector.config.data), progress=progress)
     report.update(variant=label, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))
     write_metrics(report, run_dir)
     return report
+
+
+def run_line(report: dict, finished_before: bool) -> str:
+    """One line per run of the grid: what ran and what it scored."""
+    head = f"{report['category']} / {report['variant']} / seed {report['seed']}"
+    if finished_before:
+        return f"{head}: finished earlier, read from its metrics.json"
+    scores = ", ".join(
+        f"{name} {report[key]:.3f}" for key, name in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"),
+                                                      ("aupro", "AU-PRO")) if report.get(key) is not None
+    )  # fmt: skip
+    return f"{head}: {scores} ({report['train_seconds']:.0f} s training)"
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -153,7 +167,11 @@ def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str,
     grid = [(c, m, s) for c in list_categories(root_path, categories) for s in range(seeds) for m in specs]
     runs, rows = [], []
     for category, spec, seed in tqdm(grid, desc="benchmark", disable=not progress):
-        report = run_one(spec, root_path, category, seed, sets, out_path / category / spec[0] / f"seed{seed}")
+        run_dir = out_path / category / spec[0] / f"seed{seed}"
+        finished = (run_dir / "metrics.json").is_file()
+        report = run_one(spec, root_path, category, seed, sets, run_dir, progress)
+        if progress:
+            tqdm.write(run_line(report, finished))
         runs.append({k: v for k, v in report.items() if k != "images"})
         rows = write_tables(runs, out_path, sets)
     return rows

@@ -39,6 +39,19 @@ def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, c
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(first)["rows"]
 
 
+def test_grid_reports_each_run_and_its_epochs(tiny_dataset, tmp_path, capsys):
+    # Without --quiet, a long grid is not silent: each run's epochs, then one line per run with its scores.
+    args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(tmp_path / "b"),
+            *SETS, "--set", "model.channels=[8,16]"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1: train loss" in out
+    [line] = [line for line in out.splitlines() if line.startswith("tiny / ae / seed 0: ")]
+    assert "image AUROC 0." in line or "image AUROC 1." in line
+    assert main(args) == 0
+    assert "tiny / ae / seed 0: finished earlier, read from its metrics.json" in capsys.readouterr().out
+
+
 def test_interrupted_run_continues_from_last_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "bench"
     args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(out), "--quiet",
