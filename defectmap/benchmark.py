@@ -96,10 +96,7 @@ def run_line(report: dict, finished_before: bool) -> str:
     head = f"{report['category']} / {report['variant']} / seed {report['seed']}"
     if finished_before:
         return f"{head}: finished earlier, read from its metrics.json"
-    scores = ", ".join(
-        f"{name} {report[key]:.3f}" for key, name in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"),
-                                                      ("aupro", "AU-PRO")) if report.get(key) is not None
-    )  # fmt: skip
+    scores = ", ".join(f"{name} {report[name]:.3f}" for name in METRIC_NAMES[:3] if report.get(name) is not None)
     return f"{head}: {scores} ({report['train_seconds']:.0f} s training)"
 
 

@@ -47,7 +47,7 @@ def test_grid_reports_each_run_and_its_epochs(tiny_dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 1: train loss" in out
     [line] = [line for line in out.splitlines() if line.startswith("tiny / ae / seed 0: ")]
-    assert "image AUROC 0." in line or "image AUROC 1." in line
+    assert "image_auroc 0." in line or "image_auroc 1." in line
     assert main(args) == 0
     assert "tiny / ae / seed 0: finished earlier, read from its metrics.json" in capsys.readouterr().out
 
