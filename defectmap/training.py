@@ -43,6 +43,13 @@ def _validation_loss(model: AnomalyModel, loader: DataLoader, device: torch.devi
     return total / max(count, 1)
 
 
+def _normal_batches(train_set: ImageDataset, batch_size: int, device, progress: bool):
+    """The training normals for `model.prepare`; the bar appears only if the model reads them (PRN's prototypes)."""
+    for batch in tqdm(DataLoader(train_set, batch_size=batch_size), desc="fitting to the training normals",
+                      disable=not progress, leave=False):  # fmt: skip
+        yield batch["image"].to(device)
+
+
 def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tuple[ImageDataset, ImageDataset]:
     data = cfg.data
     train_set = ImageDataset(category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels)
@@ -169,7 +176,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
-    model.prepare(batch["image"].to(device) for batch in DataLoader(train_set, batch_size=cfg.train.eval_batch_size))
+    model.prepare(_normal_batches(train_set, cfg.train.eval_batch_size, device, progress))
     if world > 1:
         distributed.broadcast_state(model)  # prototypes and memories fitted in prepare: rank 0's everywhere
     groups = model.optimizer_groups()

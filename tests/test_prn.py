@@ -189,6 +189,7 @@ def test_training_reports_real_anomalies_whose_mask_marks_nothing(tiny_dataset, 
     training.fit(cfg, tmp_path / "run", progress=True)
     captured = capsys.readouterr()
     assert "1 of the 4 real anomalies mark no pixel: not trained on" in captured.out + captured.err
+    assert "fitting to the training normals" in captured.err  # the prototype pass has its own progress bar
 
 
 def test_real_anomalies_are_refused_for_models_that_learn_from_normal_images(tiny_dataset, tmp_path):
