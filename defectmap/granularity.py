@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
+from tqdm.auto import tqdm
 
 from defectmap import metrics
 from defectmap.checkpoint import atomic_write
@@ -58,7 +59,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
     normals = ImageDataset(category.val, data.image_size, cache=True, max_pixels=data.max_pixels)
     probe = synthetic_probe(normals, data.texture_dir, cfg.train.seed)
     trials = []
-    for scale in cfg.model.auto_scales:
+    for scale in tqdm(cfg.model.auto_scales, desc="granularity trials", disable=not progress, leave=False):
         trial = copy.deepcopy(cfg)
         trial.model.granularity = "manual"
         trial.model.block_sizes = block_sizes(scale, cfg.model.memory_levels)
@@ -68,7 +69,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
         scores = synthetic_validation_scores(detector.model, probe, cfg.train.eval_batch_size, detector.device)
         trials.append({"scale": scale, "block_sizes": list(trial.model.block_sizes), **scores})
         if progress:
-            print(f"granularity scale {scale}: synthetic image AUROC {scores['image_auroc']:.3f}, "
+            tqdm.write(f"granularity scale {scale}: synthetic image AUROC {scores['image_auroc']:.3f}, "
                   f"pixel AUROC {scores['pixel_auroc']:.3f}")  # fmt: skip
     best = max(trials, key=lambda t: (t["image_auroc"] + t["pixel_auroc"]) / 2)
     chosen = copy.deepcopy(cfg)
