@@ -70,7 +70,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
         trials.append({"scale": scale, "block_sizes": list(trial.model.block_sizes), **scores})
         if progress:
             tqdm.write(f"granularity scale {scale}: synthetic image AUROC {scores['image_auroc']:.3f}, "
-                  f"pixel AUROC {scores['pixel_auroc']:.3f}")  # fmt: skip
+                       f"pixel AUROC {scores['pixel_auroc']:.3f}")  # fmt: skip
     best = max(trials, key=lambda t: (t["image_auroc"] + t["pixel_auroc"]) / 2)
     chosen = copy.deepcopy(cfg)
     chosen.model.granularity = f"auto:{best['scale']}"
