@@ -67,12 +67,14 @@ def parse_models(text: str) -> list[tuple[str, str | None, str | None]]:
 def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str, seed: int, sets: list[str],
             run_dir: Path, progress: bool = False) -> dict:  # fmt: skip
     """Train and test one run (or read its metrics.json when it finished before). With `progress`, the run's own
-    epoch bar and per-epoch losses show under the grid's bar, so a long run is not a silent one."""
+    epoch bar and per-epoch losses show under the grid's bar, then one line says what it scored."""
     label, method, preset = spec
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         # The folder names the run: one trained outside the benchmark (`defectmap train` + `test`, then moved
         # here) has no variant or seed of its own.
+        if progress:
+            tqdm.write(f"{category} / {label} / seed {seed}: finished earlier, read from its metrics.json")
         return {**json.loads(metrics_path.read_text()), "variant": label, "seed": seed}
     # The seed also draws the few-shot anomalies (data.anomalies > 0), unless --set names another.
     sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
@@ -88,16 +90,10 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     report = engine.evaluate(detector, open_category(detector.config.data), progress=progress)
     report.update(variant=label, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))
     write_metrics(report, run_dir)
+    if progress:
+        scores = ", ".join(f"{name} {report[name]:.3f}" for name in METRIC_NAMES[:3] if report.get(name) is not None)
+        tqdm.write(f"{category} / {label} / seed {seed}: {scores} ({train_seconds:.0f} s training)")
     return report
-
-
-def run_line(report: dict, finished_before: bool) -> str:
-    """One line per run of the grid: what ran and what it scored."""
-    head = f"{report['category']} / {report['variant']} / seed {report['seed']}"
-    if finished_before:
-        return f"{head}: finished earlier, read from its metrics.json"
-    scores = ", ".join(f"{name} {report[name]:.3f}" for name in METRIC_NAMES[:3] if report.get(name) is not None)
-    return f"{head}: {scores} ({report['train_seconds']:.0f} s training)"
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -165,10 +161,7 @@ def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str,
     runs, rows = [], []
     for category, spec, seed in tqdm(grid, desc="benchmark", disable=not progress):
         run_dir = out_path / category / spec[0] / f"seed{seed}"
-        finished = (run_dir / "metrics.json").is_file()
         report = run_one(spec, root_path, category, seed, sets, run_dir, progress)
-        if progress:
-            tqdm.write(run_line(report, finished))
         runs.append({k: v for k, v in report.items() if k != "images"})
         rows = write_tables(runs, out_path, sets)
     return rows
