@@ -135,10 +135,17 @@ def decide(calibration: dict, score: float) -> dict:
 
 
 def calibrate_on_validation(
-    model: AnomalyModel, val_set: ImageDataset, batch_size: int, device, false_reject_rate: float
+    model: AnomalyModel,
+    val_set: ImageDataset,
+    batch_size: int,
+    device,
+    false_reject_rate: float,
+    progress: bool = False,
 ) -> dict:
     """Thresholds and normalisation from held-out normal images only (never the test split)."""
-    results = list(infer(model, val_set, batch_size, device))
+    bar = tqdm(infer(model, val_set, batch_size, device), total=len(val_set), disable=not progress, leave=False,
+               desc="thresholds from the validation normals")  # fmt: skip
+    results = list(bar)
     scores = [r["score"] for r in results]
     if len(scores) > 1 and max(scores) == min(scores):
         warnings.warn("every validation image has the same score: the model may not have learned; "

@@ -74,6 +74,8 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, d
     """After training: the error-map steps with `postprocess.choose=synthetic`, the model's own calibration on
     validation normals (the config values it chooses are written into `cfg.model`, so the checkpoint records them),
     then thresholds and normalisation."""
+    if progress:
+        tqdm.write(f"calibrating on the {len(val_set)} validation normals")
     if cfg.postprocess.choose == "synthetic":
         choose_postprocess(cfg, model, val_set, device, progress)
     model.eval()
@@ -83,7 +85,8 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, d
         setattr(cfg.model, key, value)
         if progress:
             tqdm.write(f"calibration chose model.{key}={value}")
-    return calibrate_on_validation(model, val_set, cfg.train.eval_batch_size, device, cfg.train.false_reject_rate)
+    rate = cfg.train.false_reject_rate
+    return calibrate_on_validation(model, val_set, cfg.train.eval_batch_size, device, rate, progress)
 
 
 @torch.no_grad()

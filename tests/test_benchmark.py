@@ -44,8 +44,10 @@ def test_grid_reports_each_run_and_its_epochs(tiny_dataset, tmp_path, capsys):
     args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(tmp_path / "b"),
             *SETS, "--set", "model.channels=[8,16]"]  # fmt: skip
     assert main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "epoch 1: train loss" in out
+    assert "calibrating on the" in out and "thresholds from the validation normals" in captured.err
     [line] = [line for line in out.splitlines() if line.startswith("tiny / ae / seed 0: ")]
     assert "image_auroc 0." in line or "image_auroc 1." in line
     assert main(args) == 0
