@@ -103,6 +103,7 @@ def main() -> None:
             row.update({k: report[k] for k in ("image_auroc", "pixel_auroc", "aupro")})
             rows.append(row)
             print(json.dumps(row), flush=True)
+        rows.sort(key=lambda r: r["scale"])
         (out / "granularity.json").write_text(json.dumps({"sets": args.set, "rows": rows}, indent=2))
     (out / "granularity.md").write_text(table(rows) + "\n")
     print(table(rows))
