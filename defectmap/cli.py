@@ -113,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
 def cmd_threshold(args: argparse.Namespace) -> None:
     detector = engine.load(args.checkpoint, device=args.device)
     defects = [sample for sample, _ in outputs.collect_images([args.defects])] if args.defects else None
-    calibration = engine.recalibrate(detector, args.fpr, defects)
+    calibration = engine.recalibrate(detector, args.fpr, defects, progress=True)
     update_calibration(args.checkpoint, calibration)
     print(f"threshold {calibration['threshold']:.6g} ({calibration['threshold_rule']}) saved in {args.checkpoint}")
 

@@ -134,6 +134,19 @@ def decide(calibration: dict, score: float) -> dict:
     }
 
 
+def _validation_calibration(
+    model: AnomalyModel, val_set: ImageDataset, batch_size: int, device, false_reject_rate: float, progress: bool
+) -> tuple[dict, list[float]]:
+    """Thresholds and normalisation from the validation normals, and their image scores."""
+    results = tqdm(infer(model, val_set, batch_size, device), "thresholds from the validation normals", len(val_set),
+                   disable=not progress, leave=False)  # fmt: skip
+    scores, maps = zip(*((r["score"], r["map"]) for r in results), strict=True)
+    if len(scores) > 1 and max(scores) == min(scores):
+        warnings.warn("every validation image has the same score: the model may not have learned; "
+                      "thresholds and AUROC will be meaningless", stacklevel=3)  # fmt: skip
+    return calibrate(list(scores), list(maps), false_reject_rate), list(scores)
+
+
 def calibrate_on_validation(
     model: AnomalyModel,
     val_set: ImageDataset,
@@ -143,34 +156,29 @@ def calibrate_on_validation(
     progress: bool = False,
 ) -> dict:
     """Thresholds and normalisation from held-out normal images only (never the test split)."""
-    bar = tqdm(infer(model, val_set, batch_size, device), total=len(val_set), disable=not progress, leave=False,
-               desc="thresholds from the validation normals")  # fmt: skip
-    results = list(bar)
-    scores = [r["score"] for r in results]
-    if len(scores) > 1 and max(scores) == min(scores):
-        warnings.warn("every validation image has the same score: the model may not have learned; "
-                      "thresholds and AUROC will be meaningless", stacklevel=2)  # fmt: skip
-    return calibrate(scores, [r["map"] for r in results], false_reject_rate)
+    return _validation_calibration(model, val_set, batch_size, device, false_reject_rate, progress)[0]
 
 
-def recalibrate(detector: Detector, false_reject_rate: float, defects: list[Sample] | None = None) -> dict:
+def recalibrate(
+    detector: Detector, false_reject_rate: float, defects: list[Sample] | None = None, progress: bool = False
+) -> dict:
     """New thresholds for a trained detector without retraining: at `false_reject_rate` on the validation
     normals, or, given a user validation set of defective images, at the best image F1 on both."""
     check_rate("the false-reject rate", false_reject_rate)
     data = detector.config.data
     val_set = ImageDataset(open_category(data).val, data.image_size, max_pixels=data.max_pixels)
-    batch = detector.config.train.eval_batch_size
-    calibration = calibrate_on_validation(detector.model, val_set, batch, detector.device, false_reject_rate)
-    if defects:
-        good = [r["score"] for r in infer(detector.model, val_set, batch, detector.device)]
-        bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
-        bad = [r["score"] for r in infer(detector.model, bad_set, batch, detector.device)]
-        calibration["threshold"] = threshold_max_f1([0] * len(good) + [1] * len(bad), good + bad)
-        calibration["threshold_rule"] = f"max image F1 on {len(good)} good and {len(bad)} defective validation images"
-    else:
+    batch, model, device = detector.config.train.eval_batch_size, detector.model, detector.device
+    calibration, good = _validation_calibration(model, val_set, batch, device, false_reject_rate, progress)
+    if not defects:
         calibration["threshold_rule"] = (
             f"false-reject rate {false_reject_rate} on {len(val_set)} good validation images"
         )
+        return calibration
+    bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
+    bad = [r["score"] for r in tqdm(infer(model, bad_set, batch, device), "scoring the defective images", len(bad_set),
+                                    disable=not progress, leave=False)]  # fmt: skip
+    calibration["threshold"] = threshold_max_f1([0] * len(good) + [1] * len(bad), good + bad)
+    calibration["threshold_rule"] = f"max image F1 on {len(good)} good and {len(bad)} defective validation images"
     return calibration
 
 
