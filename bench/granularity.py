@@ -58,6 +58,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax2.set(xscale="log", xlabel="block scale s", ylabel="AUROC")
     ax2.set_xticks(scales, [str(s) for s in scales])
     ax2.legend()
+    for ax in (ax1, ax2):
+        ax.minorticks_off()  # a log axis past one decade labels its minor ticks too, over the scale labels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
