@@ -3,12 +3,15 @@
     python bench/granularity.py --data ../shared/data --category magnetic_tile \
         --scales 1,2,4,8,16 --out bench/results/granularity_mt [--set train.epochs=30 ...]
     python bench/granularity.py --plot-only --out bench/results/granularity_mt
+    python bench/granularity.py --checkpoints runs/BENCH/magnetic_tile/*/seed*/model.ckpt --out DIR
 
 Scale s sets the block size of memory level l to max(1, s // 2**l), so every level's blocks cover
 about the same image area (s = 8 is the default (8, 4, 2)). For each scale it trains DAAD (the
 settings given by --set, e.g. model.adversarial=false), then reports the mean per-pixel squared
 reconstruction error of good and of defective test images, and image / pixel AUROC. Writes
-granularity.json, granularity.md and granularity.png (the paper's central figure).
+granularity.json, granularity.md and granularity.png (the paper's central figure). With --checkpoints it trains
+nothing: it scores DAAD checkpoints trained elsewhere (e.g. several seeds of a benchmark) and reports each block
+scale's mean over its checkpoints.
 """
 
 from __future__ import annotations
@@ -38,6 +41,32 @@ def mean_errors(detector: engine.Detector, samples) -> dict[str, float]:
         for label, value in zip(batch["label"].tolist(), per_image.tolist(), strict=True):
             errors[label].append(value)
     return {"error_good": float(np.mean(errors[0])), "error_defective": float(np.mean(errors[1]))}
+
+
+def score(detector: engine.Detector) -> dict:
+    """One row: the checkpoint's block scale, its mean errors on good and defective test images, and AUROC."""
+    blocks = list(detector.config.model.block_sizes)
+    category = open_category(detector.config.data)
+    report = engine.evaluate(detector, category, progress=False)
+    row = {"scale": blocks[0], "block_sizes": blocks, **mean_errors(detector, category.test)}
+    row.update({k: report[k] for k in ("image_auroc", "pixel_auroc", "aupro")})
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def mean_per_scale(rows: list[dict]) -> list[dict]:
+    """Several checkpoints per block scale (seeds) -> one row per scale with the mean of every figure."""
+    scales = sorted({r["scale"] for r in rows})
+    means = []
+    for scale in scales:
+        group = [r for r in rows if r["scale"] == scale]
+        figures = {
+            k: float(np.mean([r[k] for r in group]))
+            for k in group[0]
+            if k not in ("scale", "block_sizes", "checkpoint")
+        }
+        means.append({"scale": scale, "block_sizes": group[0]["block_sizes"], "checkpoints": len(group), **figures})
+    return means
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -86,25 +115,24 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=3, help="number of memory levels")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--checkpoints", nargs="+", help="score these DAAD checkpoints instead of training")
     parser.add_argument("--plot-only", action="store_true", help="redraw from an existing granularity.json")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
         rows = json.loads((out / "granularity.json").read_text())["rows"]
+    elif args.checkpoints:
+        scored = [{"checkpoint": path, **score(engine.load(path))} for path in args.checkpoints]
+        rows = mean_per_scale(scored)
+        (out / "granularity.json").write_text(json.dumps({"rows": rows, "checkpoints": scored}, indent=2))
     else:
         rows = []
         for scale in [int(s) for s in args.scales.split(",")]:
             blocks = list(block_sizes(scale, range(args.levels)))
             sets = [*args.set, f"model.block_sizes={blocks}"]
             cfg = build_config("daad", None, sets, root=args.data, category=args.category)
-            detector = engine.load(training.fit(cfg, out / f"scale{scale}", progress=False))
-            category = open_category(detector.config.data)
-            report = engine.evaluate(detector, category, progress=False)
-            row = {"scale": scale, "block_sizes": blocks, **mean_errors(detector, category.test)}
-            row.update({k: report[k] for k in ("image_auroc", "pixel_auroc", "aupro")})
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(score(engine.load(training.fit(cfg, out / f"scale{scale}", progress=False))))
         rows.sort(key=lambda r: r["scale"])
         (out / "granularity.json").write_text(json.dumps({"sets": args.set, "rows": rows}, indent=2))
     (out / "granularity.md").write_text(table(rows) + "\n")
