@@ -43,6 +43,9 @@ def mean_errors(detector: engine.Detector, samples) -> dict[str, float]:
     return {"error_good": float(np.mean(errors[0])), "error_defective": float(np.mean(errors[1]))}
 
 
+FIGURES = ("error_good", "error_defective", "image_auroc", "pixel_auroc", "aupro")
+
+
 def score(detector: engine.Detector) -> dict:
     """One row: the checkpoint's block scale, its mean errors on good and defective test images, and AUROC."""
     blocks = list(detector.config.model.block_sizes)
@@ -55,17 +58,14 @@ def score(detector: engine.Detector) -> dict:
 
 
 def mean_per_scale(rows: list[dict]) -> list[dict]:
-    """Several checkpoints per block scale (seeds) -> one row per scale with the mean of every figure."""
-    scales = sorted({r["scale"] for r in rows})
+    """Several checkpoints per block layout (seeds) -> one row per layout with the mean of every figure."""
+    groups: dict[tuple[int, ...], list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row["block_sizes"]), []).append(row)
     means = []
-    for scale in scales:
-        group = [r for r in rows if r["scale"] == scale]
-        figures = {
-            k: float(np.mean([r[k] for r in group]))
-            for k in group[0]
-            if k not in ("scale", "block_sizes", "checkpoint")
-        }
-        means.append({"scale": scale, "block_sizes": group[0]["block_sizes"], "checkpoints": len(group), **figures})
+    for blocks, group in sorted(groups.items()):
+        figures = {k: float(np.mean([r[k] for r in group])) for k in FIGURES}
+        means.append({"scale": blocks[0], "block_sizes": list(blocks), "checkpoints": len(group), **figures})
     return means
 
 

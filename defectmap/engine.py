@@ -140,11 +140,12 @@ def _validation_calibration(
     """Thresholds and normalisation from the validation normals, and their image scores."""
     results = tqdm(infer(model, val_set, batch_size, device), "thresholds from the validation normals", len(val_set),
                    disable=not progress, leave=False)  # fmt: skip
-    scores, maps = zip(*((r["score"], r["map"]) for r in results), strict=True)
+    pairs = [(r["score"], r["map"]) for r in results]
+    scores = [score for score, _ in pairs]
     if len(scores) > 1 and max(scores) == min(scores):
         warnings.warn("every validation image has the same score: the model may not have learned; "
                       "thresholds and AUROC will be meaningless", stacklevel=3)  # fmt: skip
-    return calibrate(list(scores), list(maps), false_reject_rate), list(scores)
+    return calibrate(scores, [m for _, m in pairs], false_reject_rate), scores
 
 
 def calibrate_on_validation(

@@ -107,7 +107,8 @@ def test_granularity_study_scores_checkpoints_trained_elsewhere(tiny_dataset, tm
     from defectmap.data.mvtec import open_category
 
     ckpt = training.fit(tiny_config("daad", tiny_dataset), tmp_path / "run", progress=False)
-    report = engine.evaluate(load(ckpt), open_category(load(ckpt).config.data), progress=False)
+    detector = load(ckpt)
+    report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
     script = Path(__file__).parents[1] / "bench" / "granularity.py"
     args = [sys.executable, str(script), "--checkpoints", str(ckpt), str(ckpt), "--out", str(tmp_path / "study")]
     assert subprocess.run(args, capture_output=True, text=True).returncode == 0
