@@ -85,10 +85,11 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         return distributed.launch(args.devices, _without_devices(sys.argv[1:]))
     found = outputs.collect_images(args.paths)
-    detector = engine.load(args.checkpoint, device=args.device)
+    requested = engine.resolve_device(args.device)
+    rank, world = distributed.setup(requested)  # under torchrun: each process on its own GPU
+    detector = engine.load(args.checkpoint, device=str(distributed.local_device(rank, requested)))
     _set_tile(detector, args.tile)
     out = Path(args.out)
-    rank, world = distributed.setup()
     if world > 1:  # whole batches go round-robin to the processes; rank 0 merges in the original order
         if args.resume:
             raise DefectmapError("--resume is for single-process prediction; run it without torchrun/--devices")

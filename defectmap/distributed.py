@@ -18,17 +18,26 @@ from torch.distributed.nn.functional import all_reduce as differentiable_all_red
 from defectmap.errors import DefectmapError
 
 
-def setup() -> tuple[int, int]:
-    """(rank, world size): joins the process group when launched by torchrun, else (0, 1)."""
+def setup(device: torch.device) -> tuple[int, int]:
+    """(rank, world size): joins the process group when launched by torchrun, else (0, 1).
+
+    The backend follows the device the processes compute on (NCCL for CUDA, gloo for the CPU), not
+    whether CUDA exists: CPU processes on a GPU machine (`train.device=cpu`) use gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def local_device(rank: int, requested: torch.device) -> torch.device:
+    """This process's device: its own GPU (by local rank) under torchrun on CUDA, else `requested`."""
     if requested.type == "cuda" and dist.is_initialized():
-        index = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+        local_world, count = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())), torch.cuda.device_count()
+        if local_world > count:  # NCCL refuses two processes on one GPU
+            raise DefectmapError(f"{local_world} processes on this machine but {count} GPU(s): use --devices {count} "
+                                 "or fewer, or CPU processes with --set train.device=cpu")  # fmt: skip
+        index = int(os.environ.get("LOCAL_RANK", rank))
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return requested
@@ -71,8 +80,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Replace BatchNorm2d layers with ones whose statistics span all processes."""
-    if torch.cuda.is_available() and next(module.parameters()).is_cuda:
+    if next(module.parameters()).is_cuda:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _global_batchnorm(module)  # CPU processes, also on a machine that has a GPU
+
+
+def _global_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         # A frozen BatchNorm (PRN's backbone) only ever uses its running statistics: leave it as it is.
         if type(child) is nn.BatchNorm2d and child.affine and child.weight.requires_grad:
@@ -80,7 +93,7 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
             replacement.load_state_dict(child.state_dict())
             setattr(module, name, replacement)
         else:
-            convert_batchnorm(child)
+            _global_batchnorm(child)
     return module
 
 

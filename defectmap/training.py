@@ -154,11 +154,11 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     images; rank 0 alone writes files and shows progress.
     """
     out = Path(out_dir)
-    rank, world = distributed.setup()
-    progress = progress and rank == 0
     if resume:
         saved = load_training_state(out / "last.ckpt")
         cfg = resolve_config(saved["config"])
+    rank, world = distributed.setup(resolve_device(cfg.train.device))
+    progress = progress and rank == 0
     category = open_category(cfg.data)
     if cfg.postprocess.choose == "synthetic" and not category.val:
         raise ConfigError("postprocess.choose=synthetic needs validation images: set data.val_fraction above 0")
