@@ -43,13 +43,13 @@ def cmd_train(args: argparse.Namespace) -> int | None:
             f"{args.out} already holds a run ({held[0]}): continue it with --resume, replace it with --overwrite, "
             "or give another --out"
         )
-    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
-        return distributed.launch(args.devices, _without_devices(sys.argv[1:]))
-    if args.resume:  # the run's own config, saved in last.ckpt, is used as it was
-        checkpoint = training.fit(None, args.out, progress=not args.quiet, resume=True)
-    else:
+    cfg = None  # --resume uses the run's own config, saved in last.ckpt, as it was
+    if not args.resume:
         cfg = build_config(args.model, args.config, args.set, root=args.data, category=args.category)
-        checkpoint = training.fit(cfg, args.out, progress=not args.quiet)
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        device = engine.resolve_device(cfg.train.device) if cfg else None
+        return distributed.launch(args.devices, _without_devices(sys.argv[1:]), device)
+    checkpoint = training.fit(cfg, args.out, progress=not args.quiet, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"saved {checkpoint}")
     return None
@@ -82,10 +82,10 @@ def cmd_test(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int | None:
-    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
-        return distributed.launch(args.devices, _without_devices(sys.argv[1:]))
-    found = outputs.collect_images(args.paths)
     requested = engine.resolve_device(args.device)
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        return distributed.launch(args.devices, _without_devices(sys.argv[1:]), requested)
+    found = outputs.collect_images(args.paths)
     rank, world = distributed.setup(requested)  # under torchrun: each process on its own GPU
     detector = engine.load(args.checkpoint, device=str(distributed.local_device(rank, requested)))
     _set_tile(detector, args.tile)

@@ -33,14 +33,19 @@ def setup(device: torch.device) -> tuple[int, int]:
 def local_device(rank: int, requested: torch.device) -> torch.device:
     """This process's device: its own GPU (by local rank) under torchrun on CUDA, else `requested`."""
     if requested.type == "cuda" and dist.is_initialized():
-        local_world, count = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())), torch.cuda.device_count()
-        if local_world > count:  # NCCL refuses two processes on one GPU
-            raise DefectmapError(f"{local_world} processes on this machine but {count} GPU(s): use --devices {count} "
-                                 "or fewer, or CPU processes with --set train.device=cpu")  # fmt: skip
+        check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())), requested)
         index = int(os.environ.get("LOCAL_RANK", rank))
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return requested
+
+
+def check_gpus(processes: int, device: torch.device) -> None:
+    """CUDA processes each need a GPU of their own (NCCL refuses two on one): more than the machine has is an error."""
+    count = torch.cuda.device_count()
+    if device.type == "cuda" and processes > count:
+        raise DefectmapError(f"{processes} processes on this machine but {count} GPU(s): use --devices {count} or "
+                             "fewer, or CPU processes with --set train.device=cpu (predict: --device cpu)")  # fmt: skip
 
 
 def teardown() -> None:
@@ -126,8 +131,17 @@ def shard_batches(order: list[int], batch: int, rank: int, world: int) -> list[i
     return [i for start in range(0, full, batch) for i in order[start + rank * local : start + (rank + 1) * local]]
 
 
-def launch(devices: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with `devices` processes on this machine; returns its exit code."""
+def launch(devices: int, argv: list[str], device: torch.device | None) -> int:
+    """Re-run this command under torchrun with `devices` processes on this machine; returns its exit code.
+
+    `device` (None where not known before the processes start, as for --resume) is checked against the GPUs first.
+    """
+    if device is not None:
+        check_gpus(devices, device)
+    return launch_torchrun(devices, argv)
+
+
+def launch_torchrun(devices: int, argv: list[str]) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
                "-m", "defectmap", *argv]  # fmt: skip
     return subprocess.call(command)

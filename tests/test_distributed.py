@@ -68,3 +68,23 @@ def test_distributed_predict_writes_the_same_csv(tiny_dataset, tmp_path):
         p.name for p in (tmp_path / "one" / "maps").iterdir()
     )
     assert not (tmp_path / "two" / ".parts").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_more_gpu_processes_than_gpus_stops_before_launching(command, tiny_dataset, tmp_path, monkeypatch, capsys):
+    from defectmap import distributed
+    from defectmap.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed, "launch_torchrun", lambda *a: pytest.fail("torchrun was started"))
+    out = tmp_path / "out"
+    if command == "train":
+        args = ["train", "--model", "ae", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(out),
+                "--set", "train.device=cuda"]  # fmt: skip
+    else:
+        args = ["predict", str(tmp_path / "model.ckpt"), str(tiny_dataset / "tiny" / "test"), "--out", str(out)]
+    assert main([*args, "--devices", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "2 processes on this machine but 1 GPU(s)" in error and error.count("\n") == 1
+    assert not out.exists()
