@@ -202,7 +202,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for model.ckpt, last.ckpt and history.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from last.ckpt")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    p.add_argument("--devices", type=int, default=1, help="data-parallel processes on this machine (via torchrun)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="data-parallel processes on this machine (via torchrun; on CUDA one per GPU)")  # fmt: skip
     p.add_argument("--config", help="YAML preset with data:, train:, model: sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
     common(p)
@@ -224,7 +225,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="skip images already in OUT/scores.csv or errors.csv")
-    p.add_argument("--devices", type=int, default=1, help="shard the images over this many processes (torchrun)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="shard the images over this many processes (torchrun; on CUDA one per GPU)")  # fmt: skip
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--device", default="auto")
     common(p)
