@@ -31,7 +31,11 @@ for part in "$@"; do
         # tests/test_cuda.py first, on its own; then the suite in 8 processes (names of failures shown as they come)
         timeout 240 python3 -m pytest -v -p no:cacheprovider --tb=short tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log" |
             grep -E "PASSED|FAILED|ERROR|SKIPPED|Error|assert|passed|failed"
-        OMP_NUM_THREADS=2 timeout "${SUITE_SECONDS:-300}" python3 -m pytest -v -p no:cacheprovider -n 8 --timeout 240 \
+        # pytest-xdist and pytest-timeout, where installed (the device image has both; our dev extra has neither)
+        plugins=()
+        python3 -c "import xdist" 2>/dev/null && plugins+=(-n 8)
+        python3 -c "import pytest_timeout" 2>/dev/null && plugins+=(--timeout 240)
+        OMP_NUM_THREADS=2 timeout "${SUITE_SECONDS:-300}" python3 -m pytest -v -p no:cacheprovider "${plugins[@]}" \
             --tb=short -rfE tests 2>&1 | tee "$OUT/tests.log" | grep -E "FAILED|ERROR|passed|failed"
         ;;
     speed)

@@ -138,10 +138,6 @@ def launch(devices: int, argv: list[str], device: torch.device | None) -> int:
     """
     if device is not None:
         check_gpus(devices, device)
-    return launch_torchrun(devices, argv)
-
-
-def launch_torchrun(devices: int, argv: list[str]) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
                "-m", "defectmap", *argv]  # fmt: skip
     return subprocess.call(command)

@@ -157,7 +157,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if resume:
         saved = load_training_state(out / "last.ckpt")
         cfg = resolve_config(saved["config"])
-    rank, world = distributed.setup(resolve_device(cfg.train.device))
+    requested = resolve_device(cfg.train.device)
+    rank, world = distributed.setup(requested)
     progress = progress and rank == 0
     category = open_category(cfg.data)
     if cfg.postprocess.choose == "synthetic" and not category.val:
@@ -166,7 +167,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
-    device = distributed.local_device(rank, resolve_device(cfg.train.device))
+    device = distributed.local_device(rank, requested)
     model = build_model(cfg).to(device)  # before decoding images: a model's own config errors come first
     train_set, val_set = _loaded_datasets(cfg, category, progress)
     if world > 1:

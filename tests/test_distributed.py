@@ -77,7 +77,7 @@ def test_more_gpu_processes_than_gpus_stops_before_launching(command, tiny_datas
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(distributed, "launch_torchrun", lambda *a: pytest.fail("torchrun was started"))
+    monkeypatch.setattr(distributed.subprocess, "call", lambda *a: pytest.fail("torchrun was started"))
     out = tmp_path / "out"
     if command == "train":
         args = ["train", "--model", "ae", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(out),
