@@ -6,14 +6,16 @@
 PRN's image score is the mean of the top-100 pixel probabilities of a 256^2 map (k scales with the map's
 area). A model whose maps are sharper, as few-shot PRN's are, puts fewer pixels high on a small defect, so
 a large k may dilute it where a small k would not. This script scores the test split once per checkpoint
-and reads every k from the same maps, so only the pooling differs. `--top-k 1` is the maximum of the map,
-the metric's default image score. It is a diagnostic: the model's own score (`model.top_k`) is what every
-table reports. `--set` names a few-shot hold-out as in bench/holdout.py.
+and reads every k from the same maps, so only the pooling differs, overall and per defect type (each type
+against all good images). `--top-k 1` is the maximum of the map, the metric's default image score. It is a
+diagnostic: the model's own score (`model.top_k`) is what every table reports. `--set` names a few-shot
+hold-out as in bench/holdout.py.
 """
 
 import argparse
 import json
 import sys
+from math import inf
 from pathlib import Path
 
 import torch
@@ -55,8 +57,16 @@ def main() -> None:
         labels = engine.test_outputs(detector, category, progress=False)["labels"]  # the shared inference path
         scores = torch.cat(pooled.scores).numpy()
         aurocs = {k: metrics.image_auroc(labels, scores[:, i]) for i, k in enumerate(ks)}
-        rows.append({"checkpoint": checkpoint, "model_top_k": detector.config.model.top_k, "image_auroc": aurocs})
+        defects = [s.defect for s in category.test]
+        per_type = {
+            k: {d: v["image_auroc"] for d, v in metrics.per_defect_type(labels, scores[:, i], defects, inf).items()}
+            for i, k in enumerate(ks)
+        }
+        rows.append({"checkpoint": checkpoint, "model_top_k": detector.config.model.top_k, "image_auroc": aurocs,
+                     "image_auroc_per_type": per_type})  # fmt: skip
         print(f"{checkpoint}: " + "  ".join(f"k={k} {a:.4f}" for k, a in aurocs.items()))
+        for defect in per_type[ks[0]]:
+            print(f"  {defect:10s} " + "  ".join(f"k={k} {per_type[k][defect]:.4f}" for k in ks))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", *sys.argv])
     Path(args.out).write_text(json.dumps({"command": command, "rows": rows}, indent=2))

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from defectmap import MODELS, training
 from defectmap.cli import main
@@ -194,3 +196,30 @@ def test_compare_script_pairs_seeds_and_applies_the_two_std_bar(tmp_path):
     assert not diff["aupro"]["more_than_two_std"]  # behind
     bad = subprocess.run([*args[:5], "--pairs", "k-10-k1", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "k-10-k1" in bad.stderr
+
+
+def test_score_factors_script_gives_per_type_auroc_and_the_brightness_correlation(tmp_path):
+    # bench/score_factors.py over a bench/hard_cases.py file: model a scores good tiles by their distance from the
+    # training median grey level (100), model b by the level itself; a ranks every hole above every good tile.
+    train = tmp_path / "train"
+    train.mkdir()
+    for i, level in enumerate((90, 100, 110)):
+        Image.fromarray(np.full((8, 8), level, np.uint8)).save(train / f"{i}.png")
+    images = []
+    for i, level in enumerate((40, 80, 110, 180)):
+        path = tmp_path / f"good{i}.png"
+        Image.fromarray(np.full((8, 8), level, np.uint8)).save(path)
+        images.append({"path": str(path), "defect": "good", "score_a": abs(level - 100), "score_b": level})
+    images += [{"path": "", "defect": "hole", "score_a": 100 + i, "score_b": 50 + 100 * i} for i in range(2)]
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps({"a": "A.ckpt", "b": "B.ckpt", "images": images}))
+    out = tmp_path / "factors.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "score_factors.py"
+    args = [sys.executable, str(script), str(cases), "--train-dir", str(train), "--out", str(out)]
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    result = json.loads(out.read_text())
+    [row] = result["files"]
+    assert result["train_median_level"] == 100.0
+    assert row["spearman_a_distance"] == pytest.approx(1.0) and row["spearman_b_level"] == pytest.approx(1.0)
+    assert row["spearman_b_distance"] < 1.0
+    assert row["auroc_per_type_a"] == {"hole": 1.0} and row["auroc_per_type_b"] == {"hole": 0.5}

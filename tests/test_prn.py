@@ -178,6 +178,8 @@ def test_image_pooling_script_reproduces_the_models_own_score_from_the_same_maps
     [row] = json.loads(out.read_text())["rows"]
     assert row["model_top_k"] == own and row["image_auroc"][str(own)] == pytest.approx(report["image_auroc"])
     assert 0 <= row["image_auroc"]["1"] <= 1
+    per_type = {defect: figures["image_auroc"] for defect, figures in report["defect_types"].items()}
+    assert row["image_auroc_per_type"][str(own)] == pytest.approx(per_type)
     bad = subprocess.run([*args[:3], "--set", "model.top_k=5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "hold-out" in bad.stderr
 
