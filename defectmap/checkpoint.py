@@ -18,6 +18,7 @@ import torch
 from defectmap.errors import CheckpointError, OutputError
 
 FORMAT = "defectmap-checkpoint"
+STATE_FORMAT = "defectmap-training-state"  # RUN/last.ckpt, for `train --resume` (see resume.py)
 FORMAT_VERSION = 1
 
 
@@ -75,7 +76,13 @@ def load_checkpoint(path: str | Path, expected_format: str = FORMAT) -> dict[str
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupted or not a defectmap checkpoint") from exc
-    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found == STATE_FORMAT and expected_format == FORMAT:
+        raise CheckpointError(
+            f"{path} is a training state for `train --resume`, not a model: use the model.ckpt that train writes "
+            "beside it when training ends"
+        )
+    if found != expected_format:
         raise CheckpointError(f"{path} is not a {expected_format} file")
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -16,10 +16,8 @@ from typing import Any
 
 import torch
 
-from defectmap.checkpoint import atomic_write, load_checkpoint
+from defectmap.checkpoint import STATE_FORMAT, atomic_write, load_checkpoint
 from defectmap.config import Config, config_to_dict
-
-STATE_FORMAT = "defectmap-training-state"
 
 
 @dataclass

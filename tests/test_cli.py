@@ -118,6 +118,14 @@ def test_corrupted_and_future_checkpoints_exit_2(trained, tmp_path, capsys):
     assert "newer" in capsys.readouterr().err
 
 
+def test_the_training_state_given_as_a_model_points_to_model_ckpt(trained, capsys):
+    assert (trained / "last.ckpt").is_file()
+    for command in (["test"], ["export", "--out", str(trained / "m.onnx")]):
+        assert main([command[0], str(trained / "last.ckpt"), *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "train --resume" in err and "model.ckpt" in err and err.count("\n") == 1
+
+
 def test_out_of_range_values_exit_2_and_write_nothing(trained, tiny_dataset, tmp_path, capsys):
     run = tmp_path / "r"
     train = ["train", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(run), "--quiet"]
