@@ -120,3 +120,14 @@ def test_demo_dataset_is_deterministic_and_has_masks(tmp_path):
         assert np.array_equal(np.asarray(Image.open(a / rel)), np.asarray(Image.open(b / rel)))
     masks = [np.asarray(Image.open(p)) for p in (a / "ground_truth").rglob("*_mask.png")]
     assert all(m.max() == 255 and set(np.unique(m)) <= {0, 255} for m in masks)
+
+
+def test_a_missing_relative_root_says_which_folder_it_was_read_from(tmp_path, monkeypatch):
+    # A checkpoint keeps the root as given to train; used from another folder, a relative one points elsewhere.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        DataError, match=f"dataset root ../no_data does not exist \\(a relative path, read from {tmp_path}"
+    ):
+        open_category(DataConfig(root="../no_data", category="tiny"))
+    with pytest.raises(DataError, match="dataset root /no_data does not exist; expected MVTec"):
+        open_category(DataConfig(root="/no_data", category="tiny"))
