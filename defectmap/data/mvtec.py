@@ -161,7 +161,8 @@ def open_category(cfg: DataConfig) -> CategoryData:
     """Read the dataset `cfg` names; data.format `auto` detects the layout from the files present."""
     from defectmap.data.adapters import ADAPTERS, detect_format
 
-    if cfg.root and not Path(cfg.root).is_dir():  # e.g. a checkpoint's relative root, used from another folder
+    # e.g. a checkpoint's relative root used from another folder (the `folder` format reads data.good_dir instead)
+    if cfg.root and not cfg.good_dir and not Path(cfg.root).is_dir():
         where = "" if Path(cfg.root).is_absolute() else f" (a relative path, read from {Path.cwd()})"
         raise DataError(f"dataset root {cfg.root} does not exist{where}; {LAYOUT_HELP}")
     formats = {"mvtec": open_mvtec, "mpdd": open_mvtec, "folder": open_folder, **ADAPTERS}
