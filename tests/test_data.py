@@ -1,5 +1,7 @@
 """Dataset layouts, image modes, mask pairing and the validation split."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -126,7 +128,7 @@ def test_a_missing_relative_root_says_which_folder_it_was_read_from(tmp_path, mo
     # A checkpoint keeps the root as given to train; used from another folder, a relative one points elsewhere.
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
-        DataError, match=f"dataset root ../no_data does not exist \\(a relative path, read from {tmp_path}"
+        DataError, match=re.escape(f"dataset root ../no_data does not exist (a relative path, read from {tmp_path})")
     ):
         open_category(DataConfig(root="../no_data", category="tiny"))
     with pytest.raises(DataError, match="dataset root /no_data does not exist; expected MVTec"):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from defectmap.config import DataConfig
 from defectmap.data.images import is_image_file
-from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, find_mask
+from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, dataset_root, find_mask
 from defectmap.errors import DataError
 
 
@@ -27,16 +27,9 @@ def _category(cfg: DataConfig, name: str, good: list[Path], test: list[Sample], 
     return CategoryData(name, [Sample(p, 0) for p in train], [Sample(p, 0) for p in val], test, has_masks)
 
 
-def _root(cfg: DataConfig) -> Path:
-    root = Path(cfg.root)
-    if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist")
-    return root
-
-
 def open_visa(cfg: DataConfig) -> CategoryData:
     """VisA: ROOT/split_csv/1cls.csv rows (object, split, label, image, mask), paths relative to ROOT."""
-    root = _root(cfg)
+    root = dataset_root(cfg)
     table = root / "split_csv" / "1cls.csv"
     if not table.is_file():
         raise DataError(f"VisA layout expects {table}")
@@ -56,7 +49,7 @@ def open_visa(cfg: DataConfig) -> CategoryData:
 
 def open_btad(cfg: DataConfig) -> CategoryData:
     """BTAD: ROOT/CAT/train/ok, test/{ok,ko}, ground_truth/ko/<stem>.png or .bmp."""
-    base = _root(cfg) / cfg.category
+    base = dataset_root(cfg) / cfg.category
     good = _images_in(base / "train" / "ok") if (base / "train" / "ok").is_dir() else []
     test = [Sample(p, 0) for p in _images_in(base / "test" / "ok")] if (base / "test" / "ok").is_dir() else []
     for path in _images_in(base / "test" / "ko") if (base / "test" / "ko").is_dir() else []:
@@ -74,7 +67,7 @@ def _mask_is_empty(path: Path) -> bool:
 def open_ksdd2(cfg: DataConfig) -> CategoryData:
     """KolektorSDD2: ROOT/{train,test}/<id>.png with <id>_GT.png; empty GT = good. Defective training
     images are not used (unsupervised training)."""
-    root = _root(cfg)
+    root = dataset_root(cfg)
     split = {}
     for part in ("train", "test"):
         folder = root / part
@@ -104,7 +97,7 @@ def _dagm_labels(folder: Path) -> dict[str, str | None]:
 
 def open_dagm(cfg: DataConfig) -> CategoryData:
     """DAGM 2007: ROOT/Class<n>/{Train,Test}/*.PNG with Label/Labels.txt and Label/<stem>_label.PNG."""
-    base = _root(cfg) / cfg.category
+    base = dataset_root(cfg) / cfg.category
     train_labels, test_labels = _dagm_labels(base / "Train"), _dagm_labels(base / "Test")
     good = [base / "Train" / name for name, mask in sorted(train_labels.items()) if mask is None]
     test = [
@@ -118,7 +111,7 @@ def open_dagm(cfg: DataConfig) -> CategoryData:
 def open_mt_release(cfg: DataConfig, test_good_fraction: float = 0.2) -> CategoryData:
     """Magnetic Tile release: ROOT/MT_<Class>/Imgs/<stem>.jpg with <stem>.png masks; MT_Free holds good
     images, a seeded `test_good_fraction` of which join the defective images in the test split."""
-    root = _root(cfg)
+    root = dataset_root(cfg)
     free = root / "MT_Free" / "Imgs"
     if not free.is_dir():
         raise DataError(f"Magnetic Tile release layout expects {free}")

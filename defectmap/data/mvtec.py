@@ -157,14 +157,21 @@ def open_folder(cfg: DataConfig) -> CategoryData:
     )
 
 
+def dataset_root(cfg: DataConfig) -> Path:
+    """data.root, which must exist; a relative one (e.g. a checkpoint's, used from another folder) says where from."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (a relative path, read from {Path.cwd()})"
+        raise DataError(f"dataset root {root} does not exist{where}; {LAYOUT_HELP}")
+    return root
+
+
 def open_category(cfg: DataConfig) -> CategoryData:
     """Read the dataset `cfg` names; data.format `auto` detects the layout from the files present."""
     from defectmap.data.adapters import ADAPTERS, detect_format
 
-    # e.g. a checkpoint's relative root used from another folder (the `folder` format reads data.good_dir instead)
-    if cfg.root and not cfg.good_dir and not Path(cfg.root).is_dir():
-        where = "" if Path(cfg.root).is_absolute() else f" (a relative path, read from {Path.cwd()})"
-        raise DataError(f"dataset root {cfg.root} does not exist{where}; {LAYOUT_HELP}")
+    if cfg.root and not cfg.good_dir:  # the `folder` format reads data.good_dir instead
+        dataset_root(cfg)
     formats = {"mvtec": open_mvtec, "mpdd": open_mvtec, "folder": open_folder, **ADAPTERS}
     name = detect_format(cfg) if cfg.format == "auto" else cfg.format
     if name not in formats:
