@@ -169,6 +169,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     device = distributed.local_device(rank, requested)
     model = build_model(cfg).to(device)  # before decoding images: a model's own config errors come first
+    model.load_weights()  # and a missing weights file
     train_set, val_set = _loaded_datasets(cfg, category, progress)
     if world > 1:
         model = distributed.convert_batchnorm(model)

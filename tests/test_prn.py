@@ -46,13 +46,27 @@ def test_missing_weights_file_is_a_one_line_error(tiny_dataset, tmp_path, monkey
     with pytest.raises(ConfigError, match="no ImageNet weights for resnet18 at .*model.weights=PATH"):
         FrozenBackbone("resnet18").load_pretrained(str(tmp_path / "nope.pth"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    decoded = []
+    monkeypatch.setattr(training, "_loaded_datasets", lambda *a: decoded.append(a))  # the error comes before it
     code = main(["train", "--model", "prn", "--data", str(tiny_dataset), "--category", "tiny",
                  "--out", str(tmp_path / "run"), "--quiet", "--set", "model.backbone=resnet18",
                  "--set", "model.pretrained=true", "--set", "data.image_size=32"])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "resnet18-f37072fd.pth" in err and str(tmp_path / "empty_hub") in err
-    assert not (tmp_path / "run" / "model.ckpt").exists()
+    assert not (tmp_path / "run" / "model.ckpt").exists() and not decoded
+
+
+def test_training_starts_from_the_weights_file_and_the_checkpoint_carries_it(tiny_dataset, tmp_path):
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # stands in for ImageNet's
+    cfg = tiny_config("prn", tiny_dataset)
+    apply_overrides(cfg, {"model": {"pretrained": True, "weights": str(weights)}})
+    backbone = load(training.fit(cfg, tmp_path / "run", progress=False)).model.backbone.net.state_dict()
+    expected = torch.load(weights, weights_only=True)
+    assert all(torch.equal(backbone[key], expected[key]) for key in expected)
 
 
 def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():

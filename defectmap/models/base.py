@@ -40,6 +40,11 @@ class AnomalyModel(nn.Module):
         """Loss name -> parameters it updates; the engine steps one optimizer per entry, in order."""
         return {"loss": [p for p in self.parameters() if p.requires_grad]}
 
+    def load_weights(self) -> None:
+        """Load the pretrained weights training starts from (default: none). `train` calls it before it decodes any
+        image, so a missing weights file is the first error; a checkpoint carries the weights, so loading one never
+        calls it."""
+
     def prepare(self, batches: Iterable[torch.Tensor]) -> None:
         """Fit data-dependent state from batches of normal training images before training (default: none)."""
 

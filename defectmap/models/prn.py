@@ -250,10 +250,12 @@ class PRN(AnomalyModel):
         self.head = nn.Sequential(conv_bn_relu(d[3], d[3]), nn.Conv2d(d[3], 1, 1))
         self.blur = GaussianBlur(cfg.smoothing_sigma)
 
-    def prepare(self, batches) -> None:
-        """Load the ImageNet weights (unless random init), then fit prototypes on normal training features."""
-        if self.cfg.pretrained:
+    def load_weights(self) -> None:
+        if self.cfg.pretrained:  # else the random-init backbone (tests, or by choice)
             self.backbone.load_pretrained(self.cfg.weights)
+
+    def prepare(self, batches) -> None:
+        """Fit prototypes on normal training features (of the backbone `load_weights` filled in)."""
         levels: list[list[torch.Tensor]] = [[], [], []]
         with torch.no_grad():
             for images in batches:
