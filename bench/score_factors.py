@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 
 from defectmap import metrics
 
-MODELS = ("a", "b")
+SIDES = ("a", "b")  # the two checkpoints of a hard_cases.py file
 
 
 def grey_level(path: str | Path) -> float:
@@ -42,7 +42,7 @@ def factors(cases: dict, train_median: float) -> dict:
     good = [row for row in images if row["defect"] == "good"]
     levels = np.array([grey_level(row["path"]) for row in good])
     out = {"a": cases["a"], "b": cases["b"], "good_images": len(good)}
-    for model in MODELS:
+    for model in SIDES:
         scores = np.array([row[f"score_{model}"] for row in good])
         out[f"auroc_per_type_{model}"] = per_type_auroc(images, model)
         out[f"spearman_{model}_distance"] = float(spearmanr(scores, np.abs(levels - train_median))[0])
@@ -71,12 +71,8 @@ def main() -> None:
               f"b {r['spearman_b_distance']:+.2f}; with the grey level: a {r['spearman_a_level']:+.2f}, "
               f"b {r['spearman_b_level']:+.2f}")  # fmt: skip
     if args.out:
-        Path(args.out).write_text(
-            json.dumps(
-                {"command": " ".join(["python", *sys.argv]), "train_median_level": median, "files": rows}, indent=2
-            )
-            + "\n"
-        )
+        result = {"command": " ".join(["python", *sys.argv]), "train_median_level": median, "files": rows}
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
