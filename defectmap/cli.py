@@ -108,7 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
     print(f"scored {count} image{'s' * (count != 1)}: {out / 'scores.csv'}")
     if skipped:
         print(f"skipped {skipped} unreadable image{'s' * (skipped != 1)}: {out / 'errors.csv'}", file=sys.stderr)
-    return None
+    return 1 if skipped and not count else None  # nothing could be scored: a script must not read it as success
 
 
 def cmd_threshold(args: argparse.Namespace) -> None:

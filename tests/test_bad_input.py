@@ -129,6 +129,10 @@ def test_predict_reports_and_skips_bad_files(tiny_dataset, tmp_path, capsys):
     assert scored == {"ok1.png", "ok2.png"}
     assert set(errors) == {"empty.png", "text.jpg", "cut.png"}
     assert "empty" in errors["empty.png"] and "skipped 3" in capsys.readouterr().err
+    # Only unreadable files: nothing scored is a failure (exit 1), and errors.csv still says why.
+    only_bad = [str(folder / name) for name in ("empty.png", "text.jpg")]
+    assert main(["predict", str(run / "model.ckpt"), *only_bad, "--out", str(tmp_path / "bad"), "--quiet"]) == 1
+    assert len(list(csv.DictReader((tmp_path / "bad" / "errors.csv").open()))) == 2
 
 
 def test_unwritable_output_is_one_line(tiny_dataset, capsys):
