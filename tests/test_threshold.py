@@ -57,6 +57,17 @@ def test_training_and_recalibration_never_read_test_images(tiny_dataset, tmp_pat
     assert ckpt.read_bytes() == saved
 
 
+def test_recalibrating_an_exported_model_is_refused_before_any_work(tiny_dataset, tmp_path, capsys, monkeypatch):
+    ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", str(ckpt), "--out", str(onnx)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(engine, "recalibrate", lambda *a, **k: pytest.fail("re-calibrated an exported model"))
+    assert main(["threshold", str(onnx), "--fpr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "exported model" in err and "model.ckpt, then export again" in err and err.count("\n") == 1
+
+
 def test_max_f1_recalibration_with_user_defects(tiny_dataset, tmp_path):
     ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
     defects = tiny_dataset / "tiny" / "test" / "hole"  # here standing in for a user's validation defects
