@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -85,21 +86,19 @@ def score_batch(model: AnomalyModel, images: torch.Tensor, sizes: list[tuple[int
 def infer(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device: torch.device) -> Iterator[dict]:
     """Scores and original-size maps for every item of `dataset`, in order (the shared inference path).
 
-    Items the dataset could not read (only with `skip_errors`) come out as {"index", "error"}.
+    Items the dataset could not read (only with `skip_errors`) come out as {"index", "error"}, in their place.
     """
     model.eval()
     if dataset.tile:
         yield from _infer_tiled(model, dataset, batch_size, device)
         return
     for batch, errors in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        yield from errors
-        if batch is None:
-            continue
-        sizes = [(int(h), int(w)) for h, w in batch["size"]]
-        for index, result in zip(
-            batch["index"].tolist(), score_batch(model, batch["image"], sizes, device), strict=True
-        ):
-            yield {"index": index, **result}
+        rows = list(errors)
+        if batch is not None:
+            sizes = [(int(h), int(w)) for h, w in batch["size"]]
+            results = score_batch(model, batch["image"], sizes, device)
+            rows += [{"index": i, **r} for i, r in zip(batch["index"].tolist(), results, strict=True)]
+        yield from sorted(rows, key=lambda row: row["index"])
 
 
 def _infer_tiled(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device) -> Iterator[dict]:
@@ -251,19 +250,37 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
 
 
-def predict(detector: Detector, samples: list[Sample | str | Path], *, progress: bool = True) -> Iterator[dict]:
-    """Per image (a `Sample` or an image file path): score, normalised score (threshold -> 0.5), decision and
-    original-size map.
+def _as_samples(images) -> list[Sample]:
+    """`predict`'s input as Samples: one image or a list of them; a 4-D array (B, H, W, C) is a batch of frames."""
+    if isinstance(images, (str, Path, Sample, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4):
+        images = [images]
+    samples = []
+    for i, item in enumerate(images):
+        if isinstance(item, Sample):
+            samples.append(item)
+        elif isinstance(item, (str, Path)):
+            samples.append(Sample(Path(item), 0))
+        else:  # pixels in memory; read (and refused if unreadable) with the files, in the dataset
+            samples.append(Sample(Path(f"<image {i}>"), 0, image=item))
+    return samples
 
-    An unreadable image yields {"path", "error"} instead, and prediction goes on.
+
+def predict(detector: Detector, images, *, progress: bool = True) -> Iterator[dict]:
+    """Per image: score, normalised score (threshold -> 0.5), decision and map at the image's original size.
+
+    `images` is one image or a list of them, each an image file path, a `Sample`, a PIL image or a numpy array
+    (H, W[, C]) RGB(A) in uint8, uint16 or float in [0, 1]; a 4-D array is a batch of frames. Rows come in input
+    order with its `index`; `path` is None for in-memory images. An unreadable image yields {"index", "path",
+    "error"} instead, and prediction goes on.
     """
-    samples = [s if isinstance(s, Sample) else Sample(Path(s), 0) for s in samples]
+    samples = _as_samples(images)
     dataset = _scoring_set(detector.config, samples, skip_errors=True)
     cal = detector.calibration
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     for result in tqdm(results, total=len(dataset), desc="predicting", disable=not progress):
-        path = samples[result["index"]].path
+        index = result["index"]
+        row = {"index": index, "path": samples[index].path if samples[index].image is None else None}
         if "error" in result:
-            yield {"path": path, "error": result["error"]}
+            yield {**row, "error": result["error"]}
             continue
-        yield {"path": path, "score": result["score"], "map": result["map"], **decide(cal, result["score"])}
+        yield {**row, "score": result["score"], "map": result["map"], **decide(cal, result["score"])}

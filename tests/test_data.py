@@ -8,7 +8,7 @@ from PIL import Image
 
 from defectmap.config import DataConfig
 from defectmap.data.demo import write_demo_dataset
-from defectmap.data.images import load_image, load_mask
+from defectmap.data.images import image_from_memory, load_image, load_mask
 from defectmap.data.mvtec import open_category
 from defectmap.data.transforms import preprocess, resize_map
 from defectmap.errors import DataError
@@ -83,6 +83,36 @@ def test_image_modes_become_rgb_floats(tmp_path, mode):
     assert array.min() >= 0.0 and array.max() <= 1.0
     if mode == "I;16":
         np.testing.assert_allclose(array[:, :, 0], rgb[:, :, 0] / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])
+def test_in_memory_images_read_as_their_files_do(tmp_path, mode):
+    rgba = (np.random.default_rng(1).random((9, 13, 4)) * 255).astype(np.uint8)
+    array = {"L": rgba[:, :, 0], "RGB": rgba[:, :, :3], "RGBA": rgba, "I;16": rgba[:, :, 0].astype(np.uint16) * 257}
+    Image.fromarray(array[mode]).save(tmp_path / "x.png")
+    from_file = load_image(tmp_path / "x.png")
+    np.testing.assert_array_equal(image_from_memory(array[mode]), from_file)
+    np.testing.assert_array_equal(image_from_memory(Image.open(tmp_path / "x.png")), from_file)
+    floats = array[mode].astype(np.float64) / np.iinfo(array[mode].dtype).max
+    np.testing.assert_allclose(image_from_memory(floats), from_file, atol=1e-6)
+    if mode == "L":
+        np.testing.assert_array_equal(image_from_memory(array[mode][:, :, None]), from_file)
+
+
+def test_unreadable_arrays_say_what_to_give():
+    frame = np.zeros((8, 10, 3), np.uint8)
+    cases = {
+        "looks channels-first": frame.transpose(2, 0, 1),
+        "not an image": np.zeros((8, 10, 2)),
+        "finite values in": frame.astype(np.float32) + 2,
+        "int64 are not read": frame.astype(np.int64),
+        "from a list": [[0, 1], [1, 0]],
+    }
+    for message, image in cases.items():
+        with pytest.raises(DataError, match=message):
+            image_from_memory(image)
+    with pytest.raises(DataError, match="over the limit"):
+        image_from_memory(frame, max_pixels=50)
 
 
 def test_bad_files_give_data_errors(tmp_path):

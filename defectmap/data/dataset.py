@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
-from defectmap.data.images import load_image, load_mask
+from defectmap.data.images import image_from_memory, load_image, load_mask
 from defectmap.data.mvtec import Sample, find_mask
 from defectmap.data.synthetic import (
     SYNTHETIC_KINDS,
@@ -53,7 +53,10 @@ class ImageDataset(Dataset):
 
     def _load(self, index: int) -> dict:
         sample = self.samples[index]
-        image = load_image(sample.path, self.max_pixels)
+        if sample.image is None:
+            image = load_image(sample.path, self.max_pixels)
+        else:
+            image = image_from_memory(sample.image, self.max_pixels)
         size = image.shape[:2]
         if self.tile:  # tiles at the original resolution, each resized to the model input
             boxes = tile_boxes(size[0], size[1], self.tile, self.tile_overlap)

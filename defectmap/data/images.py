@@ -1,4 +1,4 @@
-"""Reading images and masks from disk into RGB float arrays in [0, 1] and boolean masks."""
+"""Reading images (files, bytes, or in-memory arrays) into RGB float arrays in [0, 1], and masks into booleans."""
 
 from __future__ import annotations
 
@@ -71,6 +71,40 @@ def load_image(path: str | Path, max_pixels: int = 100_000_000) -> np.ndarray:
 def decode_image(data: bytes, name: str = "upload", max_pixels: int = 100_000_000) -> np.ndarray:
     """Like `load_image`, for the bytes of an image file (the service's uploads)."""
     return to_rgb_array(_open(io.BytesIO(data), max_pixels, name))
+
+
+def image_from_memory(image, max_pixels: int = 100_000_000) -> np.ndarray:
+    """An in-memory image (a PIL image, or a numpy array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA) as
+    `load_image` would give it from a file: uint8 and uint16 by their full range, bool as 0/1, floats as they
+    are (they must lie in [0, 1]), alpha composited on black. A PIL image gets its EXIF orientation, as a file does.
+    """
+    if isinstance(image, Image.Image):
+        if image.width * image.height > max_pixels:
+            raise ImageTooLarge(f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels}")
+        return to_rgb_array(ImageOps.exif_transpose(image))
+    if not isinstance(image, np.ndarray):
+        raise DataError(
+            f"cannot read an image from a {type(image).__name__}: give a file path, a PIL image or a numpy array"
+        )
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4) and image.shape[0] in (1, 3, 4):
+        raise DataError(f"array of shape {image.shape} looks channels-first: give (H, W, C), e.g. a.transpose(1, 2, 0)")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or 0 in image.shape:
+        raise DataError(f"array of shape {image.shape} is not an image: expected (H, W) or (H, W, C) with C 1, 3 or 4")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageTooLarge(f"image of {image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels}")
+    if image.dtype in (np.uint8, np.uint16):
+        values = image.astype(np.float32) / np.iinfo(image.dtype).max
+    elif image.dtype == np.bool_ or np.issubdtype(image.dtype, np.floating):
+        values = image.astype(np.float32)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise DataError("a float image must hold finite values in [0, 1]; divide 8-bit values by 255")
+    else:
+        raise DataError(f"arrays of {image.dtype} are not read as images: give uint8, uint16, bool or float in [0, 1]")
+    if values.ndim == 2 or values.shape[2] == 1:
+        return np.repeat(values.reshape(values.shape[0], values.shape[1], 1), 3, axis=2)
+    if values.shape[2] == 4:
+        return values[:, :, :3] * values[:, :, 3:]
+    return np.ascontiguousarray(values)
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:

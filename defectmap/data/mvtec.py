@@ -21,6 +21,7 @@ class Sample:
     label: int  # 0 good, 1 defective
     defect: str = "good"
     mask_path: Path | None = None  # None for good images, or when no ground truth exists
+    image: object = field(default=None, compare=False, repr=False)  # in-memory pixels (Python API); path a label
 
 
 @dataclass
