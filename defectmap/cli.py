@@ -96,7 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
         size = detector.config.train.eval_batch_size
         batches = [found[i : i + size] for i in range(0, len(found), size)]
         mine = [item for batch in batches[rank::world] for item in batch]
-        outputs.predict_to_folder(detector, mine, out / ".parts" / f"rank{rank}", progress=False)
+        outputs.predict_to_folder(detector, mine, out / ".parts" / f"rank{rank}", progress=False, overlays=args.overlay)
         distributed.barrier()
         if rank == 0:  # the totals over every process; the others print nothing
             count, skipped = outputs.merge_parts(found, out, [out / ".parts" / f"rank{r}" for r in range(world)])
@@ -104,7 +104,9 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
         if rank != 0:
             return None
     else:
-        count, skipped = outputs.predict_to_folder(detector, found, out, resume=args.resume, progress=not args.quiet)
+        count, skipped = outputs.predict_to_folder(
+            detector, found, out, resume=args.resume, progress=not args.quiet, overlays=args.overlay
+        )
     print(f"scored {count} image{'s' * (count != 1)}: {out / 'scores.csv'}")
     if skipped:
         print(f"skipped {skipped} unreadable image{'s' * (skipped != 1)}: {out / 'errors.csv'}", file=sys.stderr)
@@ -233,6 +235,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1,
                    help="shard the images over this many processes (torchrun; on CUDA one per GPU)")  # fmt: skip
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
+    p.add_argument("--overlay", action="store_true", help="also OUT/overlays/: each image, predicted defects outlined")
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(handler=cmd_predict)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from defectmap.checkpoint import atomic_write
-from defectmap.data.images import is_image_file
+from defectmap.data.images import is_image_file, load_image
 from defectmap.data.mvtec import Sample
 from defectmap.errors import DataError
 from defectmap.threshold import normalise
@@ -47,8 +48,23 @@ def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path | io.Bytes
     Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path, format="PNG")
 
 
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The border of a boolean mask's regions, about 0.5% of the image height thick (at least one pixel)."""
+    return mask & ~ndimage.binary_erosion(mask, iterations=max(1, mask.shape[0] // 200))
+
+
+def overlay_to_png(image: np.ndarray, anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
+    """The image with its predicted defect regions (map above the pixel threshold) tinted and outlined in red."""
+    defect = anomaly_map > calibration["map_threshold"]
+    shown = image.copy()
+    shown[defect] = 0.6 * shown[defect] + 0.4 * np.array([1.0, 0.0, 0.0])
+    shown[outline(defect)] = [1.0, 0.0, 0.0]
+    Image.fromarray(np.round(shown * 255).astype(np.uint8)).save(path, format="PNG")
+
+
 SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map", "mask"]
 ERROR_HEADER = ["path", "error"]
+IMAGE_FOLDERS = ("maps", "masks", "overlays")  # what predict writes per image
 
 
 def _open_log(path: Path, header: list[str], resume: bool) -> tuple[io.TextIOWrapper, set[str]]:
@@ -73,9 +89,17 @@ def mask_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
 
 
 def predict_to_folder(
-    detector, found: list[tuple[Sample, str]], out_dir: Path, *, resume: bool = False, progress: bool = True
+    detector,
+    found: list[tuple[Sample, str]],
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    overlays: bool = False,
 ) -> tuple[int, int]:
-    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv`, `maps/`, `masks/`.
+    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv`, `maps/`, `masks/`,
+    and with `overlays` `overlays/` (each image decoded a second time for it: the scoring path keeps only the
+    model-size copy).
 
     With `resume`, images already in either CSV are not written again. Batches keep their boundaries
     (the batch holding the first unfinished image is recomputed), so a resumed run writes exactly
@@ -86,6 +110,8 @@ def predict_to_folder(
     maps_dir, masks_dir = out_dir / "maps", out_dir / "masks"
     maps_dir.mkdir(parents=True, exist_ok=True)
     masks_dir.mkdir(exist_ok=True)
+    if overlays:
+        (out_dir / "overlays").mkdir(exist_ok=True)
     scores_file, done = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
     errors_file, failed = _open_log(out_dir / "errors.csv", ERROR_HEADER, resume)
     done |= failed
@@ -107,6 +133,9 @@ def predict_to_folder(
             map_name = f"{names[row['path']]}.png"
             map_to_png(row["map"], detector.calibration, maps_dir / map_name)
             mask_to_png(row["map"], detector.calibration, masks_dir / map_name)
+            if overlays:
+                image = load_image(row["path"], detector.config.data.max_pixels)
+                overlay_to_png(image, row["map"], detector.calibration, out_dir / "overlays" / map_name)
             decision = "defect" if row["defective"] else "good"
             scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision,
                              f"maps/{map_name}", f"masks/{map_name}"])  # fmt: skip
@@ -142,7 +171,7 @@ def format_table(report: dict) -> str:
 
 
 def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path]) -> tuple[int, int]:
-    """Join per-process prediction folders into OUT: rows in the original image order, maps and masks moved.
+    """Join per-process prediction folders into OUT: rows in the original image order, image folders moved.
 
     Returns (scored, skipped as unreadable) over all the parts.
     """
@@ -154,10 +183,11 @@ def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path
                 reader = csv.reader(handle)
                 next(reader)
                 table.update({row[0]: row for row in reader})
-        for folder in ("maps", "masks"):
-            (out_dir / folder).mkdir(parents=True, exist_ok=True)
-            for file in (part / folder).iterdir():
-                file.replace(out_dir / folder / file.name)
+        for folder in IMAGE_FOLDERS:
+            if (part / folder).is_dir():
+                (out_dir / folder).mkdir(parents=True, exist_ok=True)
+                for file in (part / folder).iterdir():
+                    file.replace(out_dir / folder / file.name)
     for name, header, table in (("scores.csv", SCORE_HEADER, rows), ("errors.csv", ERROR_HEADER, errors)):
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -166,8 +196,9 @@ def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path
         text = buffer.getvalue()
         atomic_write(out_dir / name, lambda tmp, text=text: tmp.write_text(text))
     for part in parts:
-        for folder in ("maps", "masks"):
-            (part / folder).rmdir()
+        for folder in IMAGE_FOLDERS:
+            if (part / folder).is_dir():
+                (part / folder).rmdir()
         for name in ("scores.csv", "errors.csv"):
             (part / name).unlink()
         part.rmdir()

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from defectmap import engine, metrics
 from defectmap.checkpoint import atomic_write
 from defectmap.data.images import load_image
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DataError
-from defectmap.outputs import METRIC_NAMES
+from defectmap.outputs import METRIC_NAMES, outline
 from defectmap.threshold import normalise
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
@@ -95,8 +94,7 @@ def _panel(path: str, amap: np.ndarray, mask: np.ndarray | None, calibration: di
     heat = _heat(normalise(amap, calibration["map_median"], calibration["map_threshold"]))
     overlay = 0.55 * image + 0.45 * heat
     if mask is not None and mask.any():
-        contour = mask & ~ndimage.binary_erosion(mask, iterations=max(1, image.shape[0] // 200))
-        overlay[contour] = [0.0, 1.0, 0.0]
+        overlay[outline(mask)] = [0.0, 1.0, 0.0]
     predicted = np.repeat((amap > calibration["map_threshold"])[..., None], 3, axis=2).astype(np.float32)
     row = np.concatenate([image, overlay, predicted], axis=1)
     scale = side / image.shape[0]

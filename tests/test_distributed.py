@@ -56,7 +56,7 @@ def test_distributed_predict_writes_the_same_csv(tiny_dataset, tmp_path):
     ckpt, images = str(tmp_path / "run" / "model.ckpt"), str(tiny_dataset / "tiny")
     on_cpu = ["--quiet", "--device", "cpu"]  # gloo processes, also on a GPU machine
     said_one = run("predict", ckpt, images, "--out", str(tmp_path / "one"), *on_cpu)
-    said_two = run("predict", ckpt, images, "--out", str(tmp_path / "two"), *on_cpu, "--devices", "2")
+    said_two = run("predict", ckpt, images, "--out", str(tmp_path / "two"), *on_cpu, "--devices", "2", "--overlay")
     # One summary line with the total over both processes, as a single process prints it.
     total = sum(1 for _ in (tmp_path / "one" / "scores.csv").open()) - 1
     assert said_one.splitlines()[-1] == f"scored {total} images: {tmp_path / 'one' / 'scores.csv'}"
@@ -64,9 +64,9 @@ def test_distributed_predict_writes_the_same_csv(tiny_dataset, tmp_path):
         f"scored {total} images: {tmp_path / 'two' / 'scores.csv'}"
     ]
     assert (tmp_path / "two" / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
-    assert sorted(p.name for p in (tmp_path / "two" / "maps").iterdir()) == sorted(
-        p.name for p in (tmp_path / "one" / "maps").iterdir()
-    )
+    names = sorted(p.name for p in (tmp_path / "one" / "maps").iterdir())
+    assert sorted(p.name for p in (tmp_path / "two" / "maps").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "two" / "overlays").iterdir()) == names  # --overlay goes to every process
     assert not (tmp_path / "two" / ".parts").exists()
 
 

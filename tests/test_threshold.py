@@ -1,6 +1,7 @@
 """Thresholds come from held-out images only; re-calibration and max-F1; predict writes decisions and masks."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,24 @@ def test_predict_writes_decisions_and_binary_masks(tiny_dataset, tmp_path):
         mask = np.asarray(Image.open(out / row["mask"]))
         assert set(np.unique(mask)) <= {0, 255}
         assert mask.shape == np.asarray(Image.open(row["path"])).shape[:2]
+    assert not (out / "overlays").exists()  # only with --overlay
+
+
+def test_predict_overlays_outline_the_predicted_defects(tiny_dataset, tmp_path):
+    ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    out = tmp_path / "pred"
+    args = ["predict", str(ckpt), str(tiny_dataset / "tiny" / "test"), "--out", str(out), "--quiet", "--overlay"]
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(Path(r["map"]).name for r in rows)
+    outlined = 0
+    for row in rows:
+        image = np.asarray(Image.open(row["path"]).convert("RGB"))
+        overlay = np.asarray(Image.open(out / "overlays" / Path(row["map"]).name))
+        defect = np.asarray(Image.open(out / row["mask"])) > 0
+        np.testing.assert_array_equal(overlay[~defect], image[~defect])  # untouched outside the predicted mask
+        if defect.any():
+            outlined += 1
+            assert (overlay[defect] == [255, 0, 0]).all(axis=1).any()  # the outline is pure red
+            assert (overlay[defect][:, 0] >= image[defect][:, 0]).all()  # the inside is tinted towards red
+    assert outlined > 0
