@@ -252,7 +252,9 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
 
 def _as_samples(images) -> list[Sample]:
     """`predict`'s input as Samples: one image or a list of them; a 4-D array (B, H, W, C) is a batch of frames."""
-    if isinstance(images, (str, Path, Sample, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4):
+    if isinstance(images, (str, Path, Sample, Image.Image)) or (
+        isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim < 4
+    ):
         images = [images]
     samples = []
     for i, item in enumerate(images):

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from defectmap.config import DataConfig
@@ -107,6 +108,7 @@ def test_unreadable_arrays_say_what_to_give():
         "finite values in": frame.astype(np.float32) + 2,
         "int64 are not read": frame.astype(np.int64),
         "from a list": [[0, 1], [1, 0]],
+        "not a tensor": torch.zeros(3, 8, 10),
     }
     for message, image in cases.items():
         with pytest.raises(DataError, match=message):

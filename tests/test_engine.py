@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from defectmap import engine, training
@@ -43,6 +44,8 @@ def test_a_bad_frame_is_an_error_row_and_the_others_are_scored(detector):
     assert [r["index"] for r in rows] == [0, 1, 2]
     assert "error" not in rows[0] and "error" not in rows[2] and rows[0]["score"] == rows[2]["score"]
     assert "divide 8-bit values by 255" in rows[1]["error"] and rows[1]["path"] is None
+    [tensor] = engine.predict(detector, torch.zeros(3, 40, 40), progress=False)  # one image, not three rows
+    assert "not a tensor" in tensor["error"]
 
 
 def test_an_exported_model_scores_frames_too(detector, tmp_path):

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from defectmap.errors import DataError
@@ -82,6 +83,8 @@ def image_from_memory(image, max_pixels: int = 100_000_000) -> np.ndarray:
         if image.width * image.height > max_pixels:
             raise ImageTooLarge(f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels}")
         return to_rgb_array(ImageOps.exif_transpose(image))
+    if isinstance(image, torch.Tensor):  # torch's layout is (C, H, W); not guessed here
+        raise DataError("give a numpy array (H, W, C), not a tensor: t.permute(1, 2, 0).cpu().numpy() for (C, H, W)")
     if not isinstance(image, np.ndarray):
         raise DataError(
             f"cannot read an image from a {type(image).__name__}: give a file path, a PIL image or a numpy array"
