@@ -19,6 +19,7 @@ from defectmap.errors import CheckpointError, OutputError
 
 FORMAT = "defectmap-checkpoint"
 STATE_FORMAT = "defectmap-training-state"  # RUN/last.ckpt, for `train --resume` (see resume.py)
+EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts"}  # `engine.load` tells exports apart by these
 FORMAT_VERSION = 1
 
 
@@ -72,6 +73,11 @@ def load_checkpoint(path: str | Path, expected_format: str = FORMAT) -> dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix in EXPORT_SUFFIXES.values():  # only the calibration's writers get here with one
+        raise CheckpointError(
+            f"{path} is an exported model, which keeps the threshold it was exported with: re-calibrate its "
+            "model.ckpt, then export again"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:

@@ -14,12 +14,12 @@ from pathlib import Path
 from torch import __version__ as torch_version
 
 from defectmap import __version__, distributed, engine, outputs, training
-from defectmap.checkpoint import update_calibration
+from defectmap.checkpoint import load_checkpoint, update_calibration
 from defectmap.config import build_config, check_values, resolve_config
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DefectmapError
-from defectmap.export import FORMATS, SUFFIXES, export
+from defectmap.export import FORMATS, export
 from defectmap.models import MODELS
 
 
@@ -114,11 +114,7 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
 
 
 def cmd_threshold(args: argparse.Namespace) -> None:
-    if Path(args.checkpoint).suffix in SUFFIXES.values():
-        raise DefectmapError(
-            f"{args.checkpoint} is an exported model, which keeps the threshold it was exported with: re-calibrate "
-            "its model.ckpt, then export again"
-        )
+    load_checkpoint(args.checkpoint)  # an exported model is refused here, before any scoring
     detector = engine.load(args.checkpoint, device=args.device)
     defects = [sample for sample, _ in outputs.collect_images([args.defects])] if args.defects else None
     calibration = engine.recalibrate(detector, args.fpr, defects, progress=True)

@@ -18,14 +18,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from defectmap import metrics
-from defectmap.checkpoint import load_checkpoint
+from defectmap.checkpoint import EXPORT_SUFFIXES, load_checkpoint
 from defectmap.config import Config, check_rate, resolve_config
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import CategoryData, Sample, open_category
 from defectmap.data.transforms import resize_map
 from defectmap.errors import ConfigError, DataError, DefectmapError
-from defectmap.export import SUFFIXES, load_exported
+from defectmap.export import load_exported
 from defectmap.models import MODELS, AnomalyModel
 from defectmap.threshold import calibrate, normalise, threshold_max_f1
 
@@ -64,7 +64,7 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     """Rebuild a Detector from a checkpoint file alone, or from an exported `.onnx` / `.ts` model."""
     path = Path(path)
     dev = resolve_device(device)
-    if path.suffix in SUFFIXES.values():
+    if path.suffix in EXPORT_SUFFIXES.values():
         return load_exported(path, dev)
     payload = load_checkpoint(path)
     cfg = resolve_config(payload["config"])

@@ -17,14 +17,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from defectmap.checkpoint import atomic_write, versions
+from defectmap.checkpoint import EXPORT_SUFFIXES, atomic_write, versions
 from defectmap.config import config_to_dict, resolve_config
 from defectmap.errors import CheckpointError, DefectmapError
 from defectmap.models.base import Output
 
 METADATA_KEY = "defectmap"
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts"}  # `engine.load` tells exports apart by these
-FORMATS = tuple(SUFFIXES)
+FORMATS = tuple(EXPORT_SUFFIXES)
 
 
 class ExportGraph(nn.Module):
@@ -60,12 +59,13 @@ def export(detector, path: str | Path, fmt: str | None = None) -> Path:
     The format defaults to the one `path`'s suffix names (.onnx or .ts), and the two must agree.
     """
     path = Path(path)
-    named = {suffix: name for name, suffix in SUFFIXES.items()}.get(path.suffix)
+    named = {suffix: name for name, suffix in EXPORT_SUFFIXES.items()}.get(path.suffix)
     fmt = fmt or named or "onnx"
     if fmt not in FORMATS:
         raise DefectmapError(f"unknown export format '{fmt}'; choose {' or '.join(FORMATS)}")
     if named != fmt:
-        raise DefectmapError(f"{path}: name a {fmt} export *{SUFFIXES[fmt]}, the suffix test, predict and serve read")
+        suffix = EXPORT_SUFFIXES[fmt]
+        raise DefectmapError(f"{path}: name a {fmt} export *{suffix}, the suffix test, predict and serve read")
     graph = ExportGraph(detector)
     size = detector.config.data.image_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))

@@ -108,3 +108,16 @@ def test_predict_overlays_outline_the_predicted_defects(tiny_dataset, tmp_path):
             assert (overlay[defect] == [255, 0, 0]).all(axis=1).any()  # the outline is pure red
             assert (overlay[defect][:, 0] >= image[defect][:, 0]).all()  # the inside is tinted towards red
     assert outlined > 0
+
+
+def test_the_python_api_refuses_to_recalibrate_an_export_too(tiny_dataset, tmp_path):
+    from defectmap.checkpoint import update_calibration
+    from defectmap.errors import CheckpointError
+
+    ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", str(ckpt), "--out", str(onnx)]) == 0
+    saved = onnx.read_bytes()
+    with pytest.raises(CheckpointError, match="exported model.*re-calibrate its model.ckpt, then export again"):
+        update_calibration(onnx, engine.load(ckpt).calibration)
+    assert onnx.read_bytes() == saved
