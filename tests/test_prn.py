@@ -138,6 +138,30 @@ def test_real_copy_share_chooses_copies_or_extended_anomalies(normals_and_real, 
     assert all(copies) if copy_share == 1.0 else not any(copies)
 
 
+def test_without_real_negatives_a_real_image_trains_only_its_marked_pixels(normals_and_real, tiny_dataset):
+    normals, real = normals_and_real
+    mix = AnomalyMix(0.25, 0.5, copy_share=0.5, real_negatives=False)
+    items = [AnomalyMixDataset(normals, mix, seed=s, anomalies=real)[i] for s in range(4) for i in range(len(normals))]
+    originals = [r["image"] for r in real] + [r["image"].flip(2) for r in real]
+    shown = [any(torch.equal(item["image"], o) for o in originals) for item in items]
+    assert any(shown) and not all(shown)
+    for item, is_real in zip(items, shown, strict=True):  # the real images' weights are their masks; others all ones
+        assert torch.equal(item["weight"], item["mask"] if is_real else torch.ones_like(item["mask"]))
+    assert "weight" not in AnomalyMixDataset(normals, AnomalyMix(0.25, 0.5), seed=0, anomalies=real)[0]
+    # In the loss, pixels of weight 0 do not count: changing their targets changes nothing.
+    torch.manual_seed(0)
+    cfg = tiny_config("prn", tiny_dataset)
+    model = PRN(cfg.model, cfg.postprocess).eval()
+    images, masks = torch.rand(2, 3, 32, 32), (torch.rand(2, 32, 32) > 0.8).float()
+    weighted = model.loss({"image": images, "mask": masks, "weight": masks})
+    other_targets = model.loss({"image": images, "mask": torch.ones_like(masks), "weight": masks})  # 1 where weight 0
+    assert torch.allclose(weighted["loss"], other_targets["loss"])
+    plain = model.loss({"image": images, "mask": masks})
+    assert not torch.allclose(weighted["loss"], plain["loss"])
+    assert torch.allclose(model.loss({"image": images, "mask": masks, "weight": torch.ones_like(masks)})["loss"],
+                          plain["loss"])  # fmt: skip
+
+
 def test_real_anomalies_with_empty_masks_are_never_trained_on(normals_and_real):
     normals, real = normals_and_real
     unmarked = {**real[0], "mask": torch.zeros_like(real[0]["mask"])}  # a defect its mask does not mark

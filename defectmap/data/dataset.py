@@ -100,7 +100,9 @@ class AnomalyMixDataset(Dataset):
 
     Every item draws from its own generator seeded by (seed, epoch, index), so an epoch is reproducible
     and resumable; `fixed=True` ignores the epoch (a validation set that never changes). Items keep the
-    ImageDataset keys; `mask` marks the anomalous pixels and `label` is 1 when any pixel is marked.
+    ImageDataset keys; `mask` marks the anomalous pixels and `label` is 1 when any pixel is marked. Without
+    `mix.real_negatives`, every item also has `weight` (S, S): the pixels its loss counts, all of them except
+    outside the mask of a real image shown as itself.
     """
 
     def __init__(
@@ -136,6 +138,8 @@ class AnomalyMixDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         generator = item_generator(self.seed, 0 if self.fixed else self.epoch, index)
         item = dict(self.normals[index])
+        if not self.mix.real_negatives:
+            item["weight"] = torch.ones_like(item["mask"])
         image = item["image"]
         draw = float(torch.rand((), generator=generator))
         if draw < self.mix.normal_share:
@@ -145,6 +149,8 @@ class AnomalyMixDataset(Dataset):
             real = self.anomalies[self.real_indices[pick]]
             if float(torch.rand((), generator=generator)) < self.mix.copy_share:  # the anomaly itself
                 image, mask = real_copy(real["image"], real["mask"], generator, self.mix.copy_transform)
+                if not self.mix.real_negatives:
+                    item["weight"] = mask.float()
             else:
                 foreground = self.foregrounds[index] if self.foregrounds else otsu_foreground(image)
                 image, mask = extended_anomaly(image, real["image"], real["mask"], generator, foreground)

@@ -33,6 +33,8 @@ class AnomalyMix:
     beta_max: float = 0.8
     copy_share: float = 0.5  # of the real-anomaly draws: the real image itself (maybe mirrored); rest extended
     copy_transform: str = "flip"  # one of COPY_TRANSFORMS (see real_copy)
+    # False: a real image shown as itself trains only its marked pixels (its mask may miss other defect-like marks)
+    real_negatives: bool = True
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:

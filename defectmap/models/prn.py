@@ -17,7 +17,8 @@ windows capped at `max_window` positions a side (at 256^2 input the stride-4 map
 would be 64 x 64 = 4096 tokens, which made a CPU training step 7x slower); 2 attention layers per
 level instead of the reference's 3, and 12 epochs of batch 8 by default, for the CPU budget. Of the real-anomaly
 draws, `real_copy_share` show the real image itself, varied by `real_copy_transform` (mirroring, as the
-reference, or all eight flips and quarter turns); the rest paste its defect onto a normal image.
+reference, or all eight flips and quarter turns); the rest paste its defect onto a normal image. With
+`real_negatives=false` (ours) a real image shown as itself trains only its marked pixels.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class PRNConfig:
     # How a real image shown as itself is varied: "flip" mirrors it half the time (the reference); "dihedral"
     # draws any of the eight flips and quarter turns (ours, against memorising ten images; see real_copy).
     real_copy_transform: str = "flip"
+    # Whether a real image shown as itself also trains its unmarked pixels as normal (the reference: yes). False
+    # (ours) counts only its marked pixels in the loss: a real defect's mask may leave out other defect-like marks.
+    real_negatives: bool = True
     synthetic_kinds: tuple[str, ...] = ("perlin", "cutpaste", "scar")
     beta_max: float = 0.8  # texture blending factor beta ~ U[0, beta_max)
 
@@ -79,7 +83,7 @@ def anomaly_mix(cfg: PRNConfig) -> AnomalyMix:
         raise ConfigError(f"model.real_copy_transform must be one of: {', '.join(COPY_TRANSFORMS)}")
     return AnomalyMix(
         cfg.normal_share, cfg.real_share, tuple(cfg.synthetic_kinds), cfg.beta_max, cfg.real_copy_share,
-        cfg.real_copy_transform,
+        cfg.real_copy_transform, cfg.real_negatives,
     )  # fmt: skip
 
 
@@ -291,8 +295,13 @@ class PRN(AnomalyModel):
         masks = batch["mask"].float()  # (B, S, S) 0/1
         probabilities = torch.sigmoid(logits)
         ce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
-        focal = ((1 - torch.exp(-ce)) ** self.cfg.focal_gamma * ce).mean()  # Lin et al. with p_t = exp(-ce)
-        smooth = F.smooth_l1_loss(probabilities, masks)
+        focal = (1 - torch.exp(-ce)) ** self.cfg.focal_gamma * ce  # Lin et al. with p_t = exp(-ce)
+        smooth = F.smooth_l1_loss(probabilities, masks, reduction="none")
+        if "weight" in batch:  # only the pixels that count (model.real_negatives=false)
+            weights = batch["weight"].float()
+            focal, smooth = ((t * weights).sum() / weights.sum().clamp_min(1) for t in (focal, smooth))
+        else:
+            focal, smooth = focal.mean(), smooth.mean()
         return {"loss": smooth + self.cfg.focal_weight * focal, "smooth_l1": smooth.detach(), "focal": focal.detach()}
 
     def forward(self, images: torch.Tensor) -> Output:
