@@ -130,5 +130,12 @@ def test_synth_command_writes_example_panels(tiny_dataset, tmp_path, capsys):
     assert main([*plain, "--out", str(tmp_path / "b"), "--set", "model.beta_max=0.0"]) == 0
     a, b = (np.asarray(Image.open(sorted((tmp_path / d).glob("*.png"))[0])) for d in ("a", "b"))
     assert not np.array_equal(a, b)
+    # Without real negatives, a real image shown as itself has its unmarked pixels grey (not trained) in the mask panel.
+    real = ["synth", "--data", str(tiny_dataset), "--category", "tiny", "-n", "4", "--quiet", "--set",
+            "data.image_size=32", "--set", "data.anomalies=1", "--set", "model.real_copy_share=1.0"]  # fmt: skip
+    for name, negatives in (("d", "false"), ("e", "true")):
+        assert main([*real, "--out", str(tmp_path / name), "--set", f"model.real_negatives={negatives}"]) == 0
+    greys = [(np.asarray(Image.open(p))[:, 64:] == 128).any() for d in "de" for p in sorted((tmp_path / d).glob("*"))]
+    assert any(greys[:4]) and not any(greys[4:])
     assert main([*plain, "--out", str(tmp_path / "c"), "--set", "model.real_copy_transform=shear"]) == 2
     assert "model.real_copy_transform must be one of: flip, dihedral" in capsys.readouterr().err

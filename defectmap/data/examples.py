@@ -27,7 +27,8 @@ def write_synthetic_examples(
     data: DataConfig, out_dir: str | Path, count: int = 16, seed: int = 0,
     kinds: tuple[str, ...] = SYNTHETIC_KINDS, progress: bool = True, mix: AnomalyMix | None = None,
 ) -> list[Path]:  # fmt: skip
-    """`count` panels (normal | anomalous | mask) in `out_dir`; with data.anomalies, half use the real ones.
+    """`count` panels (normal | anomalous | mask, grey where the loss ignores pixels) in `out_dir`; with
+    data.anomalies, half use the real ones.
 
     `mix` carries the training settings the panels follow (blending, how real anomalies are shown); its
     shares are replaced: every panel is anomalous, half real when there are real anomalies.
@@ -47,7 +48,10 @@ def write_synthetic_examples(
         index = i % len(normals)
         examples.epoch = i // len(normals)
         item = examples[index]
-        mask = item["mask"][None].expand(3, -1, -1)
+        mask = item["mask"]
+        if "weight" in item:  # model.real_negatives=false: grey where the loss does not look
+            mask = torch.where(item["weight"] > 0, mask, torch.full_like(mask, 0.5))
+        mask = mask[None].expand(3, -1, -1)
         panel = torch.cat([normals[index]["image"], item["image"], mask], dim=2)
         path = out / f"{i:03d}_{category.train[index].path.stem}.png"
         _png(panel, path)
