@@ -223,3 +223,21 @@ def test_score_factors_script_gives_per_type_auroc_and_the_brightness_correlatio
     assert row["spearman_a_distance"] == pytest.approx(1.0) and row["spearman_b_level"] == pytest.approx(1.0)
     assert row["spearman_b_distance"] < 1.0
     assert row["auroc_per_type_a"] == {"hole": 1.0} and row["auroc_per_type_b"] == {"hole": 0.5}
+
+
+def test_per_type_script_matches_runs_to_the_reference_by_seed(tmp_path):
+    # bench/per_type.py: benchmark runs' per-type AUROC minus a score_factors.py side, seed by seed, in points.
+    reference = [{"hole": 0.9, "scratch": 0.8 + s / 10} for s in (0, 1)]
+    factors = {"files": [{"a": f"runs/k0/seed{s}/model.ckpt", "auroc_per_type_a": reference[s]} for s in (0, 1)]}
+    types = {"hole": {"image_auroc": 0.95}, "scratch": {"image_auroc": 0.8}}
+    runs = [{"method": "prn", "variant": "v", "seed": s, "image_auroc": 0.9, "defect_types": types} for s in (1, 0, 7)]
+    (tmp_path / "factors.json").write_text(json.dumps(factors))
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
+    script = Path(__file__).resolve().parents[1] / "bench" / "per_type.py"
+    out = tmp_path / "out.json"
+    args = [sys.executable, str(script), "--results", str(tmp_path / "results.json"), "--reference",
+            str(tmp_path / "factors.json"), "--out", str(out)]  # fmt: skip
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    result = json.loads(out.read_text())["differences_points"]["v"]
+    assert result["hole"] == {"seeds": [0, 1], "per_seed": [5.0, 5.0], "mean": 5.0}  # seed 7 has no reference
+    assert result["scratch"] == {"seeds": [0, 1], "per_seed": [0.0, -10.0], "mean": -5.0}
