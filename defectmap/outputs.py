@@ -48,14 +48,18 @@ def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path | io.Bytes
     Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path, format="PNG")
 
 
+def defect_pixels(anomaly_map: np.ndarray, calibration: dict) -> np.ndarray:
+    """The predicted defect mask: the map above the calibrated pixel threshold."""
+    return anomaly_map > calibration["map_threshold"]
+
+
 def outline(mask: np.ndarray) -> np.ndarray:
     """The border of a boolean mask's regions, about 0.5% of the image height thick (at least one pixel)."""
     return mask & ~ndimage.binary_erosion(mask, iterations=max(1, mask.shape[0] // 200))
 
 
-def overlay_to_png(image: np.ndarray, anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
-    """The image with its predicted defect regions (map above the pixel threshold) tinted and outlined in red."""
-    defect = anomaly_map > calibration["map_threshold"]
+def overlay_to_png(image: np.ndarray, defect: np.ndarray, path: Path) -> None:
+    """The image with its predicted defect regions tinted and outlined in red."""
     shown = image.copy()
     shown[defect] = 0.6 * shown[defect] + 0.4 * np.array([1.0, 0.0, 0.0])
     shown[outline(defect)] = [1.0, 0.0, 0.0]
@@ -83,9 +87,9 @@ def _open_log(path: Path, header: list[str], resume: bool) -> tuple[io.TextIOWra
     return handle, done
 
 
-def mask_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path) -> None:
-    """Binary defect mask: white where the map is above the calibrated pixel threshold."""
-    Image.fromarray(((anomaly_map > calibration["map_threshold"]) * 255).astype(np.uint8)).save(path, format="PNG")
+def mask_to_png(defect: np.ndarray, path: Path) -> None:
+    """Binary defect mask: white where a defect is predicted."""
+    Image.fromarray((defect * 255).astype(np.uint8)).save(path, format="PNG")
 
 
 def predict_to_folder(
@@ -132,10 +136,11 @@ def predict_to_folder(
                 continue
             map_name = f"{names[row['path']]}.png"
             map_to_png(row["map"], detector.calibration, maps_dir / map_name)
-            mask_to_png(row["map"], detector.calibration, masks_dir / map_name)
+            defect = defect_pixels(row["map"], detector.calibration)
+            mask_to_png(defect, masks_dir / map_name)
             if overlays:
                 image = load_image(row["path"], detector.config.data.max_pixels)
-                overlay_to_png(image, row["map"], detector.calibration, out_dir / "overlays" / map_name)
+                overlay_to_png(image, defect, out_dir / "overlays" / map_name)
             decision = "defect" if row["defective"] else "good"
             scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision,
                              f"maps/{map_name}", f"masks/{map_name}"])  # fmt: skip

@@ -18,7 +18,7 @@ from defectmap.checkpoint import atomic_write
 from defectmap.data.images import load_image
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DataError
-from defectmap.outputs import METRIC_NAMES, outline
+from defectmap.outputs import METRIC_NAMES, defect_pixels, outline
 from defectmap.threshold import normalise
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
@@ -95,7 +95,7 @@ def _panel(path: str, amap: np.ndarray, mask: np.ndarray | None, calibration: di
     overlay = 0.55 * image + 0.45 * heat
     if mask is not None and mask.any():
         overlay[outline(mask)] = [0.0, 1.0, 0.0]
-    predicted = np.repeat((amap > calibration["map_threshold"])[..., None], 3, axis=2).astype(np.float32)
+    predicted = np.repeat(defect_pixels(amap, calibration)[..., None], 3, axis=2).astype(np.float32)
     row = np.concatenate([image, overlay, predicted], axis=1)
     scale = side / image.shape[0]
     row = Image.fromarray(np.round(np.clip(row, 0, 1) * 255).astype(np.uint8))

@@ -17,7 +17,7 @@ from defectmap.data.images import ImageTooLarge, decode_image
 from defectmap.data.transforms import preprocess
 from defectmap.engine import Detector, decide, score_batch
 from defectmap.errors import DataError, DefectmapError
-from defectmap.outputs import map_to_png
+from defectmap.outputs import defect_pixels, map_to_png
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/x-ms-bmp", "application/octet-stream")
 
@@ -94,7 +94,7 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None):
             result = await asyncio.wait_for(asyncio.to_thread(run_model, image), timeout=limits.timeout_s)
         except TimeoutError as exc:
             raise HTTPException(503, f"inference took longer than {limits.timeout_s} s; try again later") from exc
-        over = result["map"] > cal["map_threshold"]
+        over = defect_pixels(result["map"], cal)
         response = {
             "score": result["score"],
             **decide(cal, result["score"]),
