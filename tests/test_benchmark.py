@@ -241,3 +241,14 @@ def test_per_type_script_matches_runs_to_the_reference_by_seed(tmp_path):
     result = json.loads(out.read_text())["differences_points"]["v"]
     assert result["hole"] == {"seeds": [0, 1], "per_seed": [5.0, 5.0], "mean": 5.0}  # seed 7 has no reference
     assert result["scratch"] == {"seeds": [0, 1], "per_seed": [0.0, -10.0], "mean": -5.0}
+
+
+def test_export_speed_script_times_the_three_formats_of_the_same_weights():
+    # bench/export_speed.py: one model, checkpoint / ONNX / TorchScript, the exports' maps equal to eager's.
+    script = Path(__file__).resolve().parents[1] / "bench" / "export_speed.py"
+    args = [sys.executable, str(script), "--one", "ae", "--size", "32", "--repeats", "1"]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [r["format"] for r in rows] == ["checkpoint (eager)", "onnx", "torchscript"]
+    assert all(r["max_map_difference"] < 1e-4 and r["images_per_s_batch32"] > 0 for r in rows)
