@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from defectmap.errors import ConfigError
@@ -68,6 +67,8 @@ class FrozenBackbone(nn.Module):
             self.net = _lite0()
             mean, std = [127 / 255] * 3, [128 / 255] * 3  # TF-Lite preprocessing: (x - 127) / 128 on 0-255
         else:
+            import torchvision  # here, not at the top: it adds about 1.5 s to every command's start-up
+
             self.net = getattr(torchvision.models, name)(weights=None)
             mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
