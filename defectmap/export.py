@@ -99,13 +99,25 @@ def export(detector, path: str | Path, fmt: str | None = None) -> Path:
 class OnnxModel:
     """Runs an exported ONNX graph with onnxruntime behind the model contract: images -> Output."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: torch.device | None = None):
         try:
             import onnxruntime
         except ImportError as exc:
             raise DefectmapError('running ONNX models needs the deploy extra: pip install -e ".[deploy]"') from exc
+        providers = ["CPUExecutionProvider"]
+        if (
+            device is not None and device.type == "cuda"
+        ):  # onnxruntime-gpu has the CUDA provider; the plain wheel runs on the CPU
+            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                warnings.warn(
+                    f"{path} runs on the CPU: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu "
+                    "to run ONNX models on the GPU, or use the checkpoint)",
+                    stacklevel=2,
+                )
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise CheckpointError(f"{path} is not a readable ONNX model") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -145,13 +157,17 @@ class TorchScriptModel:
 
 
 def load_exported(path: Path, device: torch.device):
-    """A Detector around an exported file (`.onnx` runs on onnxruntime's CPU provider)."""
+    """A Detector around an exported file.
+
+    `.onnx` runs on onnxruntime's CPU provider, or its CUDA provider when `device` is CUDA and onnxruntime-gpu is
+    installed; either way the Detector's device is the CPU, where the inputs are handed to onnxruntime.
+    """
     from defectmap.engine import Detector
 
     if not path.is_file():
         raise CheckpointError(f"exported model {path} does not exist")
     if path.suffix == ".onnx":
-        model, device = OnnxModel(path), torch.device("cpu")
+        model, device = OnnxModel(path, device), torch.device("cpu")
     else:
         model = TorchScriptModel(path, device)
     cfg = resolve_config(model.metadata["config"])

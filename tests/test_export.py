@@ -85,3 +85,29 @@ def test_format_follows_the_suffix_and_a_mismatch_writes_nothing(trained_models,
         assert main(["export", str(checkpoints["ae"]), *args]) == 2
         assert "name a" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ts"]
+
+
+def test_onnx_takes_the_cuda_provider_when_asked_for_cuda_and_says_when_it_cannot(trained_models, tmp_path,
+                                                                                   monkeypatch):  # fmt: skip
+    import onnxruntime
+
+    from defectmap.export import load_exported
+
+    _, checkpoints = trained_models
+    path = export(engine.load(checkpoints["ae"], device="cpu"), tmp_path / "m.onnx")
+    chosen, real = [], onnxruntime.InferenceSession
+
+    def session(file, providers):  # records the request, runs on the CPU (no GPU here)
+        chosen.append(providers)
+        return real(file, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    load_exported(path, torch.device("cpu"))
+    with pytest.warns(UserWarning, match="onnxruntime-gpu"):
+        detector = load_exported(path, torch.device("cuda"))
+    assert detector.device == torch.device("cpu")
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    load_exported(path, torch.device("cuda"))
+    assert chosen == [["CPUExecutionProvider"]] * 2 + [["CUDAExecutionProvider", "CPUExecutionProvider"]]
