@@ -100,6 +100,51 @@ def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
     return _auroc(*_cumulative_counts(scores_t, labels_t))
 
 
+def _weighted_aurocs(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC for each row of `weights` (B, N): how many times each image counts in that resample."""
+    negative, positive = scores[~labels], scores[labels]
+    order = np.argsort(negative, kind="stable")
+    sorted_negative = negative[order]
+    below = np.searchsorted(sorted_negative, positive, "left")  # negatives strictly below each positive
+    at_or_below = np.searchsorted(sorted_negative, positive, "right")
+    neg_weights, pos_weights = weights[:, ~labels][:, order], weights[:, labels]
+    cumulative = np.concatenate([np.zeros((len(weights), 1)), np.cumsum(neg_weights, axis=1)], axis=1)
+    wins = cumulative[:, below] + 0.5 * (cumulative[:, at_or_below] - cumulative[:, below])  # ties count half
+    return (pos_weights * wins).sum(1) / (pos_weights.sum(1) * neg_weights.sum(1))
+
+
+def image_auroc_interval(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    other: Sequence[float] | np.ndarray | None = None,
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of image AUROC over the test images; None when one class is absent.
+
+    The good and the defective images are resampled separately (their counts stay fixed), so the interval says
+    how far the figure could move on another test set of this size and mix. With `other` (a second model's scores
+    on the same images, in the same order), the interval is of AUROC(scores) - AUROC(other), both on the same
+    resampled images: a paired comparison. Deterministic for a given `seed`.
+    """
+    labels_np = np.asarray(labels) > 0
+    if labels_np.all() or not labels_np.any():
+        return None
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((resamples, len(labels_np)))
+    for group in (np.flatnonzero(labels_np), np.flatnonzero(~labels_np)):
+        drawn = rng.multinomial(len(group), np.full(len(group), 1 / len(group)), size=resamples)
+        weights[:, group] = drawn
+    values = _weighted_aurocs(labels_np, np.asarray(scores, dtype=np.float64), weights)
+    if other is not None:
+        values = values - _weighted_aurocs(labels_np, np.asarray(other, dtype=np.float64), weights)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def per_defect_type(
     labels: Sequence[int], scores: Sequence[float], defects: Sequence[str], threshold: float
 ) -> dict[str, dict]:

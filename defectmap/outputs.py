@@ -163,7 +163,9 @@ def format_table(report: dict) -> str:
     for name in METRIC_NAMES:
         value = report.get(name)
         label = name + (" (oracle threshold)" if name == "f1_max" else "")
-        lines.append(f"  {label:<28} {'n/a' if value is None else f'{value:.4f}'}")
+        interval = report.get("image_auroc_interval95") if name == "image_auroc" else None
+        spread = f"  (95% interval {interval[0]:.4f}-{interval[1]:.4f} over resampled test images)" if interval else ""
+        lines.append(f"  {label:<28} {'n/a' if value is None else f'{value:.4f}'}{spread}")
     lines.append(
         f"  at the calibrated threshold: {report['good_rejected']} good rejected, "
         f"{report['defects_missed']} defects missed"

@@ -137,6 +137,10 @@ def write_report(detector, category, out_dir: str | Path, *, gallery_size: int =
         f"{threshold:.5g} (set on good validation images only): <b>{report['good_rejected']} good parts "
         f"rejected / {report['defects_missed']} defects missed</b>. F1-max uses an oracle threshold.</p>",
     ]
+    if report.get("image_auroc_interval95"):
+        low, high = report["image_auroc_interval95"]
+        body.append(f"<p>Image AUROC, 95% bootstrap interval over the test images: {low:.4f} to {high:.4f} (how far "
+                    "it could move on another test set of this size and mix).</p>")  # fmt: skip
     if report["defect_types"]:
         body.append(_defect_table(report["defect_types"]))
     fpr, tpr = metrics.roc_curve(labels, scores)

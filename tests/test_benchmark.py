@@ -252,3 +252,29 @@ def test_export_speed_script_times_the_three_formats_of_the_same_weights():
     rows = json.loads(result.stdout.strip().splitlines()[-1])
     assert [r["format"] for r in rows] == ["checkpoint (eager)", "onnx", "torchscript"]
     assert all(r["max_map_difference"] < 1e-4 and r["images_per_s_batch32"] > 0 for r in rows)
+
+
+def test_paired_auroc_script_matches_images_by_path_and_bounds_the_difference(tmp_path):
+    # bench/paired_auroc.py: a metrics.json against one side of a hard_cases.py file, same images by path.
+    rng = np.random.default_rng(0)
+    labels = [0] * 30 + [1] * 30
+    base = rng.normal(size=60) + np.array(labels)
+    images = [{"path": f"img{i}.png", "label": label, "score": float(s + 3 * label)}
+              for i, (label, s) in enumerate(zip(labels, base, strict=True))]  # fmt: skip
+    hard = [{"path": f"img{i}.png", "defect": "hole" if label else "good", "score_a": 0.0, "score_b": float(s)}
+            for i, (label, s) in enumerate(zip(labels, base, strict=True))][::-1]  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps({"images": images + [{"path": "x.png", "label": 1, "score": 0}]}))
+    (tmp_path / "hard.json").write_text(json.dumps({"images": hard}))
+    script = Path(__file__).resolve().parents[1] / "bench" / "paired_auroc.py"
+    out = tmp_path / "out.json"
+    args = [sys.executable, str(script), "--pair", str(tmp_path / "metrics.json"), f"{tmp_path / 'hard.json'}:b",
+            "--out", str(out)]  # fmt: skip
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    [row] = json.loads(out.read_text())["pairs"]
+    assert row["images"] == 60 and row["defective"] == 30  # x.png is in one file only
+    low, high = row["interval_points"]
+    assert 0 < low <= row["difference_points"] <= high
+    hard[0]["defect"] = "good" if hard[0]["defect"] != "good" else "hole"
+    (tmp_path / "hard.json").write_text(json.dumps({"images": hard}))
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode != 0 and "differently" in result.stderr

@@ -59,8 +59,11 @@ def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
     types = report["defect_types"]  # the breakdown adds up to the totals
     assert types and sum(t["images"] for t in types.values()) == report["defective_images"]
     assert sum(t["missed"] for t in types.values()) == report["defects_missed"]
+    low, high = report["image_auroc_interval95"]  # bootstrap over the test images, printed with the figure
+    assert low <= report["image_auroc"] <= high
     printed = capsys.readouterr().out
     assert "image_auroc" in printed and all(f"{defect}:" in printed for defect in types)
+    assert f"95% interval {low:.4f}-{high:.4f}" in printed
 
     out = tmp_path / "pred"
     test_dir = tiny_dataset / "tiny" / "test"

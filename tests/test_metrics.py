@@ -161,3 +161,36 @@ def test_curves_match_sklearn():
     sk_precision, sk_recall, _ = precision_recall_curve(*flat)
     np.testing.assert_allclose(recall, sk_recall[::-1][1:])
     np.testing.assert_allclose(precision, sk_precision[::-1][1:])
+
+
+def test_bootstrap_weights_count_images_as_repeated_copies():
+    # One resample as weights equals image AUROC on the resampled list itself, ties included.
+    rng = np.random.default_rng(3)
+    labels, scores = rng.integers(0, 2, 40) > 0, rng.integers(0, 6, 40).astype(float)
+    drawn = rng.integers(0, 40, 40)
+    weights = np.bincount(drawn, minlength=40)[None].astype(float)
+    expected = metrics.image_auroc(labels[drawn], scores[drawn])
+    assert metrics._weighted_aurocs(labels, scores, weights)[0] == pytest.approx(expected, abs=1e-12)
+    assert metrics._weighted_aurocs(labels, scores, np.ones((1, 40)))[0] == pytest.approx(
+        metrics.image_auroc(labels, scores), abs=1e-12
+    )
+
+
+def test_image_auroc_interval_brackets_the_figure_narrows_with_more_images_and_pairs_models():
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        labels = np.r_[np.zeros(n), np.ones(n)]
+        return labels, rng.normal(size=2 * n) + labels
+
+    labels, scores = data(100)
+    low, high = metrics.image_auroc_interval(labels, scores)
+    assert low < metrics.image_auroc(labels, scores) < high
+    assert metrics.image_auroc_interval(labels, scores) == (low, high)  # deterministic for a seed
+    big_labels, big_scores = data(1600)
+    big_low, big_high = metrics.image_auroc_interval(big_labels, big_scores)
+    assert big_high - big_low < (high - low) / 2  # about 1/sqrt(16) as wide
+    assert metrics.image_auroc_interval(labels, scores, scores) == (0.0, 0.0)  # a model against itself
+    better = scores + 2 * labels  # the same images, every defect scored higher
+    assert metrics.image_auroc_interval(labels, better, scores)[0] > 0
+    assert metrics.image_auroc_interval(np.zeros(5), np.arange(5.0)) is None  # no defective image
