@@ -37,7 +37,7 @@ class ExportGraph(nn.Module):
         # parametrization edits its module's class, which a deepcopy would share with the original.
         self.model = build_model(detector.config)
         self.model.load_state_dict(detector.model.state_dict())
-        self.model.eval()
+        self.eval()  # the wrapper too: torch.onnx.export restores the wrapper's mode, recursively, when it is done
         for module in self.model.modules():
             for name in list(getattr(module, "parametrizations", {}).keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
@@ -74,7 +74,12 @@ def export(detector, path: str | Path, fmt: str | None = None) -> Path:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about shapes fixed at export time
             traced = torch.jit.trace(graph, example, check_trace=False)
-        atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: metadata}))
+
+        def write_script(tmp: Path) -> None:
+            torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: metadata})
+            _check_parity(graph, TorchScriptModel(tmp, torch.device("cpu")), path, size)
+
+        atomic_write(path, write_script)
         return path
     try:
         import onnx
@@ -91,9 +96,32 @@ def export(detector, path: str | Path, fmt: str | None = None) -> Path:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata
         onnx.save(proto, str(tmp))
+        _check_parity(graph, OnnxModel(tmp), path, size)
 
     atomic_write(path, write)
     return path
+
+
+PARITY_TOLERANCE = 1e-4  # relative to the largest map value (at least 1), as the export parity tests use
+
+
+def _check_parity(graph: ExportGraph, exported, path: Path, size: int) -> None:
+    """Refuse an export whose scores or maps differ from the model's on three fresh random images.
+
+    Three, not the two it was traced with, so the dynamic batch axis is checked as well. Raising here, inside
+    `atomic_write`, leaves nothing at `path`.
+    """
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scores, maps = graph.eval()(images)
+    out = exported(images)
+    scale = max(1.0, float(maps.abs().max()), float(scores.abs().max()))
+    difference = max(float((out.anomaly_map - maps).abs().max()), float((out.score - scores).abs().max()))
+    if not difference <= PARITY_TOLERANCE * scale:  # also catches NaN
+        raise DefectmapError(
+            f"{path}: the export does not reproduce the model (outputs differ by up to {difference:.3g} on random "
+            "images), so nothing was written; please report it with `defectmap --version`"
+        )
 
 
 class OnnxModel:

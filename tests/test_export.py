@@ -111,3 +111,24 @@ def test_onnx_takes_the_cuda_provider_when_asked_for_cuda_and_says_when_it_canno
     )
     load_exported(path, torch.device("cuda"))
     assert chosen == [["CPUExecutionProvider"]] * 2 + [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+
+
+@pytest.mark.parametrize("runner", ["OnnxModel", "TorchScriptModel"])
+def test_an_export_that_does_not_reproduce_the_model_is_refused_and_not_written(runner, trained_models, tmp_path,
+                                                                                monkeypatch, capsys):  # fmt: skip
+    from defectmap import export as export_module
+    from defectmap.cli import main
+
+    _, checkpoints = trained_models
+    original = getattr(export_module, runner).__call__
+
+    def drifted(self, images):  # an exporter bug: maps off by 1e-2
+        out = original(self, images)
+        return out._replace(anomaly_map=out.anomaly_map + 1e-2)
+
+    monkeypatch.setattr(getattr(export_module, runner), "__call__", drifted)
+    out = tmp_path / ("m.onnx" if runner == "OnnxModel" else "m.ts")
+    assert main(["export", str(checkpoints["ae"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not reproduce the model" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
