@@ -133,9 +133,8 @@ class OnnxModel:
         except ImportError as exc:
             raise DefectmapError('running ONNX models needs the deploy extra: pip install -e ".[deploy]"') from exc
         providers = ["CPUExecutionProvider"]
-        if (
-            device is not None and device.type == "cuda"
-        ):  # onnxruntime-gpu has the CUDA provider; the plain wheel runs on the CPU
+        # onnxruntime-gpu has the CUDA provider; the plain onnxruntime wheel runs on the CPU only
+        if device is not None and device.type == "cuda":
             if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
                 providers.insert(0, "CUDAExecutionProvider")
             else:

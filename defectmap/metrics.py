@@ -132,14 +132,19 @@ def image_auroc_interval(
     labels_np = np.asarray(labels) > 0
     if labels_np.all() or not labels_np.any():
         return None
+    scores_np = np.asarray(scores, dtype=np.float64)
+    other_np = None if other is None else np.asarray(other, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    weights = np.zeros((resamples, len(labels_np)))
-    for group in (np.flatnonzero(labels_np), np.flatnonzero(~labels_np)):
-        drawn = rng.multinomial(len(group), np.full(len(group), 1 / len(group)), size=resamples)
-        weights[:, group] = drawn
-    values = _weighted_aurocs(labels_np, np.asarray(scores, dtype=np.float64), weights)
-    if other is not None:
-        values = values - _weighted_aurocs(labels_np, np.asarray(other, dtype=np.float64), weights)
+    chunk = max(1, 4_000_000 // len(labels_np))  # resamples at a time: memory stays bounded for large test sets
+    values = []
+    for start in range(0, resamples, chunk):
+        weights = np.zeros((min(chunk, resamples - start), len(labels_np)))
+        for group in (np.flatnonzero(labels_np), np.flatnonzero(~labels_np)):
+            weights[:, group] = rng.multinomial(len(group), np.full(len(group), 1 / len(group)), size=len(weights))
+        values.append(_weighted_aurocs(labels_np, scores_np, weights))
+        if other_np is not None:
+            values[-1] -= _weighted_aurocs(labels_np, other_np, weights)
+    values = np.concatenate(values)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
