@@ -17,21 +17,10 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+from speed import timed  # bench/ is the script's folder, so on sys.path
 
 
 def measure(name: str, size: int, repeats: int) -> list[dict]:
@@ -55,8 +44,8 @@ def measure(name: str, size: int, repeats: int) -> list[dict]:
         with torch.no_grad():
             reference = model(many).anomaly_map
             for label, run in runners.items():
-                latency = timed(lambda run=run: run(one), repeats)
-                batch_s = timed(lambda run=run: run(many), max(2, repeats // 5))
+                latency = timed(lambda run=run: run(one), repeats, device)
+                batch_s = timed(lambda run=run: run(many), max(2, repeats // 5), device)
                 difference = (run(many).anomaly_map - reference).abs().max().item()
                 rows.append({"model": name, "format": label, "latency_ms_batch1": latency * 1000,
                              "images_per_s_batch32": 32 / batch_s, "max_map_difference": difference})  # fmt: skip
