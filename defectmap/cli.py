@@ -129,11 +129,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from defectmap.serve import ServiceLimits, serve
+    from defectmap.serve import ServiceLimits, inference_thread, serve
 
-    detector = engine.load(args.checkpoint, device=args.device)
+    executor = inference_thread()  # loads the model and runs every inference: one OpenMP team (serve.py)
+    detector = executor.submit(engine.load, args.checkpoint, device=args.device).result()
     limits = ServiceLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout)
-    serve(detector, args.host, args.port, limits)
+    serve(detector, args.host, args.port, limits, executor)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -97,9 +97,9 @@ def test_onnx_takes_the_cuda_provider_when_asked_for_cuda_and_says_when_it_canno
     path = export(engine.load(checkpoints["ae"], device="cpu"), tmp_path / "m.onnx")
     chosen, real = [], onnxruntime.InferenceSession
 
-    def session(file, providers):  # records the request, runs on the CPU (no GPU here)
+    def session(file, options, providers):  # records the request, runs on the CPU (no GPU here)
         chosen.append(providers)
-        return real(file, providers=["CPUExecutionProvider"])
+        return real(file, options, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
     load_exported(path, torch.device("cpu"))
@@ -132,3 +132,11 @@ def test_an_export_that_does_not_reproduce_the_model_is_refused_and_not_written(
     err = capsys.readouterr().err
     assert "does not reproduce the model" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
+
+
+def test_onnx_runs_without_busy_waiting_between_calls(trained_models, tmp_path):
+    # onnxruntime's spinning threads would compete with PyTorch's pre- and post-processing around every run.
+    _, checkpoints = trained_models
+    detector = engine.load(export(engine.load(checkpoints["ae"], device="cpu"), tmp_path / "m.onnx"), device="cpu")
+    options = detector.model.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

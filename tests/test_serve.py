@@ -123,3 +123,30 @@ def test_bad_requests_are_4xx_and_the_worker_survives(service, case, expected):
 def test_bad_port_or_limits_are_refused_before_starting(service, port, limits):
     with pytest.raises(DefectmapError, match="--port must be|must be above 0"):
         serve(service[1], "127.0.0.1", port, limits)
+
+
+def test_a_pytorch_model_is_loaded_and_run_on_one_thread(service, monkeypatch):
+    # One OpenMP team: a second one (load on the main thread, inference on workers) halves the model's speed.
+    import defectmap.serve as serve_module
+    from defectmap import cli
+
+    url, detector = service
+    names, original = [], serve_module.score_batch
+
+    def recording(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(serve_module, "score_batch", recording)
+    image = png_bytes(fabric(np.random.default_rng(1), 40))
+    for _ in range(3):
+        assert call(f"{url}/predict", image, "image/png")[0] == 200
+    assert len(set(names)) == 1 and names[0].startswith("defectmap-inference")
+
+    loaded, served = [], []
+    monkeypatch.setattr(cli.engine, "load", lambda *a, **k: loaded.append(threading.current_thread().name) or detector)
+    monkeypatch.setattr(serve_module, "serve", lambda *args: served.append(args))
+    assert cli.main(["serve", "model.ckpt", "--port", "0"]) in (0, None)
+    executor = served[0][-1]
+    assert loaded[0].startswith("defectmap-inference")
+    assert executor.submit(lambda: threading.current_thread().name).result() == loaded[0]
