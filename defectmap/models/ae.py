@@ -1,7 +1,7 @@
 """Plain convolutional autoencoder: the baseline every method is compared with.
 
-Pixel map = per-pixel squared reconstruction error (or 1 - SSIM), Gaussian smoothed; image score =
-max of the map. Trained with MSE, optionally plus an SSIM term.
+Pixel map = per-pixel squared reconstruction error (or 1 - SSIM, or the distance of frozen ImageNet features),
+Gaussian smoothed; image score = max of the map. Trained with MSE, optionally plus an SSIM term.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectmap.errors import ConfigError
+from defectmap.models.backbone import BACKBONES, FrozenBackbone
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.models.hee import ErrorMapFilter, PostprocessConfig
 from defectmap.models.ssim import ssim_map
@@ -24,7 +25,12 @@ class AEConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128)  # one stride-2 encoder stage per entry
     latent_channels: int = 32  # 1x1 bottleneck width: the information limit that makes defects hard to rebuild
     ssim_weight: float = 0.0  # loss = MSE + ssim_weight * (1 - SSIM)
-    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM)
+    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM) | features (see below)
+    # error=features: squared distance of frozen ImageNet features of the image and its reconstruction, at these
+    # backbone levels (0-3: strides 4, 8, 16, 32); weights from feature_weights, else the package / hub file.
+    feature_backbone: str = "efficientnet_lite0"
+    feature_levels: tuple[int, ...] = (0, 1, 2)
+    feature_weights: str = ""
     smoothing_sigma: float = 4.0  # Gaussian sigma of the map, in model pixels
 
 
@@ -89,32 +95,65 @@ def output_head(channels: int) -> nn.Sequential:
     )
 
 
-ERROR_KINDS = ("l2", "ssim")
+ERROR_KINDS = ("l2", "ssim", "features")
 
 
-def check_error_kind(kind: str) -> None:
-    """A one-line config error for a pixel-map kind that `reconstruction_error` does not know."""
-    if kind not in ERROR_KINDS:
-        raise ConfigError(f"model.error must be {' or '.join(ERROR_KINDS)}, got '{kind}'")
+class ReconstructionError(nn.Module):
+    """`(images, reconstructions) -> (B, H, W)` per-pixel error of the kind `model.error` names.
 
+    `features` [ours, not from the DAAD or PMB papers]: the squared distance between frozen ImageNet features of
+    the image and of its reconstruction (channel mean per level, each level upsampled to the input, summed). On
+    grainy surfaces no reconstruction model rebuilds the grain, and a pixel error is dominated by it; pretrained
+    features change less with grain than with structure. The backbone is frozen (eval mode, no gradients) and
+    trains nothing; a checkpoint carries its weights.
+    """
 
-def reconstruction_error(images: torch.Tensor, recon: torch.Tensor, kind: str) -> torch.Tensor:
-    """(B, H, W) per-pixel error between images and their reconstructions."""
-    if kind == "l2":
-        return (images - recon).pow(2).mean(1)
-    if kind == "ssim":
-        return 1.0 - ssim_map(images, recon)
-    raise ValueError(f"unknown error '{kind}'; use l2 or ssim")
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.error not in ERROR_KINDS:
+            raise ConfigError(f"model.error must be {', '.join(ERROR_KINDS)}, got '{cfg.error}'")
+        self.kind = cfg.error
+        self.backbone = None
+        if cfg.error == "features":
+            if cfg.feature_backbone not in BACKBONES:
+                raise ConfigError(f"model.feature_backbone must be one of {', '.join(BACKBONES)}")
+            if not cfg.feature_levels or not set(cfg.feature_levels) <= {0, 1, 2, 3}:
+                raise ConfigError(f"model.feature_levels must list backbone levels 0-3, got {cfg.feature_levels}")
+            self.levels, self.weights = tuple(cfg.feature_levels), cfg.feature_weights
+            self.backbone = FrozenBackbone(cfg.feature_backbone)
+
+    def load_weights(self) -> None:
+        """The backbone's ImageNet weights, for training: random features would measure nothing."""
+        if self.backbone is not None:
+            self.backbone.load_pretrained(self.weights)
+
+    def forward(self, images: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        if self.kind == "l2":
+            return (images - recon).pow(2).mean(1)
+        if self.kind == "ssim":
+            return 1.0 - ssim_map(images, recon)
+        with torch.no_grad():  # a scoring step only: the reconstruction loss stays MSE
+            features = self.backbone(torch.cat([images, recon]))  # one pass for both halves
+        error = images.new_zeros(images.shape[0], 1, *images.shape[-2:])
+        for level in self.levels:
+            original, rebuilt = features[level].float().chunk(2)
+            distance = (original - rebuilt).pow(2).mean(1, keepdim=True)  # (B, 1, h, w)
+            error = error + F.interpolate(distance, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return error[:, 0]
 
 
 class ErrorMapModel(AnomalyModel):
     """A reconstruction model scored by its filtered error map alone: map = error_filter(difference), score = max.
 
-    Subclasses set `self.error_filter` and define `difference(images) -> (B, H, W)`; calibration fits the
-    filter's statistics (position normalisation, HEE) on the normal validation images.
+    Subclasses set `self.error` and `self.error_filter` and define `difference(images) -> (B, H, W)`; calibration
+    fits the filter's statistics (position normalisation, HEE) on the normal validation images.
     """
 
+    error: ReconstructionError
     error_filter: ErrorMapFilter
+
+    def load_weights(self) -> None:
+        self.error.load_weights()
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -135,8 +174,8 @@ class Autoencoder(ErrorMapModel):
 
     def __init__(self, cfg: AEConfig, post: PostprocessConfig | None = None):
         super().__init__()
-        check_error_kind(cfg.error)
         self.cfg = cfg
+        self.error = ReconstructionError(cfg)
         widths = (3, *cfg.channels)
         self.encoder = nn.Sequential(*encoder_stages(cfg.channels))
         self.bottleneck = bottleneck_block(widths[-1], cfg.latent_channels)
@@ -165,4 +204,4 @@ class Autoencoder(ErrorMapModel):
         return losses
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
-        return reconstruction_error(images, self.reconstruct(images), self.cfg.error)  # (B, H, W)
+        return self.error(images, self.reconstruct(images))  # (B, H, W)

@@ -27,12 +27,11 @@ from torch.nn.utils.parametrizations import spectral_norm
 from defectmap.errors import ConfigError
 from defectmap.metrics import image_auroc
 from defectmap.models.ae import (
+    ReconstructionError,
     bottleneck_block,
-    check_error_kind,
     encode,
     encoder_stages,
     output_head,
-    reconstruction_error,
     stage_multiple,
 )
 from defectmap.models.base import AnomalyModel, Output
@@ -67,7 +66,10 @@ class DAADConfig:
     # on the validation normals with synthetic anomalies (the checkpoint records it) | fixed: as given.
     fusion: str = "synthetic"
     fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM), as the AE's
+    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM) | features, as the AE's
+    feature_backbone: str = "efficientnet_lite0"  # error=features: as the AE's
+    feature_levels: tuple[int, ...] = (0, 1, 2)
+    feature_weights: str = ""
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
 
 
@@ -135,8 +137,8 @@ class DAAD(AnomalyModel):
             raise ConfigError(f"model.fusion must be synthetic or fixed, got '{cfg.fusion}'")
         if cfg.granularity not in ("manual", "auto") and not cfg.granularity.startswith("auto:"):
             raise ConfigError(f"model.granularity must be manual or auto, got '{cfg.granularity}'")
-        check_error_kind(cfg.error)
         self.cfg = cfg
+        self.error = ReconstructionError(cfg)
         self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
         self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)
         self.memories = nn.ModuleDict(
@@ -185,8 +187,13 @@ class DAAD(AnomalyModel):
             x = stage(x, skip)
         return torch.sigmoid(self.head(x)), weights
 
+    def load_weights(self) -> None:
+        self.error.load_weights()
+
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        generator = [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
+        generator = [
+            p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("discriminator.")
+        ]
         groups = {"loss": generator}
         if self.discriminator is not None:
             groups["discriminator_loss"] = list(self.discriminator.parameters())
@@ -223,11 +230,11 @@ class DAAD(AnomalyModel):
         return F.mse_loss(recon, batch["image"])
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
-        return reconstruction_error(images, self.reconstruct(images)[0], self.cfg.error)  # (B, H, W)
+        return self.error(images, self.reconstruct(images)[0])  # (B, H, W)
 
     def _raw_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recon, _ = self.reconstruct(images)
-        maps = self.error_filter(reconstruction_error(images, recon, self.cfg.error))  # (B, H, W)
+        maps = self.error_filter(self.error(images, recon))  # (B, H, W)
         if self.discriminator is None:
             return maps, maps.flatten(1).amax(1)[:, None]
         _, real_latent = self.discriminator(images)

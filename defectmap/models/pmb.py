@@ -20,12 +20,11 @@ from torch import nn
 from defectmap.errors import ConfigError
 from defectmap.models.ae import (
     ErrorMapModel,
+    ReconstructionError,
     bottleneck_block,
-    check_error_kind,
     encode,
     encoder_stages,
     output_head,
-    reconstruction_error,
     stage_multiple,
 )
 from defectmap.models.daad import DecoderStage
@@ -45,7 +44,10 @@ class PMBConfig:
     memory_items: int = 64  # items per partition memory
     temperature: float = 0.1
     entropy_weight: float = 2e-4
-    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM), as the AE's
+    error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM) | features, as the AE's
+    feature_backbone: str = "efficientnet_lite0"  # error=features: as the AE's
+    feature_levels: tuple[int, ...] = (0, 1, 2)
+    feature_weights: str = ""
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
 
 
@@ -89,8 +91,8 @@ class PMB(ErrorMapModel):
             raise ConfigError(
                 f"model.query_kernel must be odd (a window centred on each position), got {cfg.query_kernel}"
             )
-        check_error_kind(cfg.error)
         self.cfg = cfg
+        self.error = ReconstructionError(cfg)
         self.encoder = nn.ModuleList(encoder_stages(cfg.channels))
         self.bottleneck = bottleneck_block(cfg.channels[-1], cfg.latent_channels)
         self.banks = nn.ModuleDict(
@@ -153,4 +155,4 @@ class PMB(ErrorMapModel):
         return losses
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
-        return reconstruction_error(images, self.reconstruct(images)[0], self.cfg.error)  # (B, H, W)
+        return self.error(images, self.reconstruct(images)[0])  # (B, H, W)
