@@ -44,7 +44,7 @@ def main() -> None:
     defects = np.array([sample.defect for sample in category.test])
     rows = []
     for name, overrides in variants.items():
-        detector = with_postprocess(base, overrides, category)
+        detector = with_postprocess(base, category, overrides)
         outputs = engine.test_outputs(detector, category, progress=False)
         labels, scores = np.array(outputs["labels"]), np.array(outputs["scores"])
         good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)

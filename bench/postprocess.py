@@ -1,7 +1,7 @@
 """Error-map variants on trained reconstruction checkpoints (AE, DAAD, PMB).
 
     python bench/postprocess.py RUN/model.ckpt [RUN2/model.ckpt ...] [--variants none,hee,normalize,normalize+hee]
-        [--out bench/results/postprocess.json]
+        [--set model.feature_levels=[1,2] ...] [--out bench/results/postprocess.json]
 
 The same weights are evaluated once per variant: `none` (the squared-error map), or steps joined by `+`:
 `ssim` (1 - SSIM of the reconstruction instead of the squared error, `model.error=ssim`), `features` (the
@@ -11,7 +11,9 @@ difference divided by the validation normals' mean difference at each position) 
 Estimation), e.g. `ssim+normalize+hee`; or `choose` (`postprocess.choose=synthetic`: normalize and hee as the
 synthetic validation anomalies pick them), e.g. `ssim+choose`. Each variant re-runs the calibration `train`
 ends with on the good validation images (the model's own calibration, then thresholds); no test image is
-involved. Runs of one benchmark folder (`.../<model>/seed<S>/model.ckpt`) are summarised as mean ± std over seeds.
+involved. `--set` overrides apply to every variant (scoring settings only, such as `model.feature_levels`; the
+weights must still fit) and are recorded in the output. Runs of one benchmark folder (`.../<model>/seed<S>/model.ckpt`)
+are summarised as mean ± std over seeds.
 """
 
 import argparse
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from defectmap import engine
 from defectmap.benchmark import markdown, summarise
-from defectmap.config import apply_overrides
+from defectmap.config import apply_overrides, parse_sets
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
@@ -55,11 +57,12 @@ def parse_variants(text: str, parser: argparse.ArgumentParser) -> dict[str, dict
         parser.error(str(exc))
 
 
-def with_postprocess(base: engine.Detector, overrides: dict, category: CategoryData) -> engine.Detector:
-    """`base`'s weights under other error-map settings (`variant`'s overrides), calibrated on validation normals
-    as `train` ends."""
+def with_postprocess(base: engine.Detector, category: CategoryData, *overrides: dict) -> engine.Detector:
+    """`base`'s weights under other error-map settings (`variant`'s overrides, then any others, in order),
+    calibrated on validation normals as `train` ends."""
     cfg = copy.deepcopy(base.config)  # calibration writes the values it chooses into the config
-    apply_overrides(cfg, overrides)
+    for values in overrides:
+        apply_overrides(cfg, values)
     model = engine.build_model(cfg)
     model.load_weights()  # the feature error's ImageNet backbone, when the variant asks for it
     model.to(base.device)
@@ -86,9 +89,11 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, each none or steps of "
                         f"{', '.join(STEPS)} joined by +")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every variant")
     parser.add_argument("--out", default="bench/results/postprocess.json")
     args = parser.parse_args()
     variants = parse_variants(args.variants, parser)
+    sets = parse_sets(args.set)
     rows = []
     for checkpoint in args.checkpoints:
         base = engine.load(checkpoint)
@@ -96,7 +101,7 @@ def main() -> None:
             raise SystemExit(f"{checkpoint}: {base.config.method} is not a reconstruction model")
         category = open_category(base.config.data)
         for name, overrides in variants.items():
-            detector = with_postprocess(base, overrides, category)
+            detector = with_postprocess(base, category, overrides, sets)
             cfg = detector.config
             report = engine.evaluate(detector, category, progress=False)
             row = {"checkpoint": checkpoint, "category": cfg.data.category, "method": cfg.method,
@@ -110,7 +115,7 @@ def main() -> None:
     summary = summarise(rows)
     print(markdown(summary))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": summary, "runs": rows}, indent=2))
+    Path(args.out).write_text(json.dumps({"rows": summary, "runs": rows, "sets": args.set}, indent=2))
 
 
 if __name__ == "__main__":

@@ -254,6 +254,19 @@ def test_export_speed_script_times_the_three_formats_of_the_same_weights():
     assert all(r["max_map_difference"] < 1e-4 and r["images_per_s_batch32"] > 0 for r in rows)
 
 
+def test_feature_error_speed_script_times_both_error_kinds(tmp_path):
+    # bench/feature_error_speed.py: every reconstruction model, l2 and features on the same weights.
+    pytest.importorskip("efficientnet_lite_pytorch")
+    script = Path(__file__).resolve().parents[1] / "bench" / "feature_error_speed.py"
+    out = tmp_path / "speed.json"
+    args = [sys.executable, str(script), "--size", "32", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["ae", "daad", "pmb"]
+    assert all(r[f"img_s_batch{b}_{e}"] > 0 for r in rows for b in (1, 32) for e in ("l2", "features"))
+
+
 def test_paired_auroc_script_matches_images_by_path_and_bounds_the_difference(tmp_path):
     # bench/paired_auroc.py: a metrics.json against one side of a hard_cases.py file, same images by path.
     rng = np.random.default_rng(0)

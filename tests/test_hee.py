@@ -216,6 +216,11 @@ def test_postprocess_script_scores_the_same_weights_under_each_variant(tiny_data
     assert ssim["error"] == "ssim" and ssim["hee"] and not ssim["normalize"]
     assert ssim["pixel_auroc"] != plain["pixel_auroc"]
     assert features["error"] == "features" and len({plain["pixel_auroc"], features["pixel_auroc"]}) == 2
+    done = subprocess.run([*args, "--variants", "features", "--set", "model.feature_levels=[1]"], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [level1] = json.loads(out.read_text())["runs"]
+    assert level1["error"] == "features" and level1["pixel_auroc"] != features["pixel_auroc"]
     bad = subprocess.run([*args, "--variants", "ssim+features"], capture_output=True, text=True)
     assert bad.returncode == 2 and "one error kind at most" in bad.stderr
     bad = subprocess.run([*args, "--variants", "ssim+l1"], capture_output=True, text=True)
