@@ -81,6 +81,17 @@ def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
     assert not torch.allclose(features[0], random_features[0])
 
 
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_backbone_depth_gives_the_first_levels_unchanged(name):
+    if name == "efficientnet_lite0":
+        pytest.importorskip("efficientnet_lite_pytorch")
+    backbone = FrozenBackbone(name)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    full, short = backbone(images), backbone(images, depth=2)
+    assert len(full) == 4 and len(short) == 2
+    assert all(torch.equal(a, b) for a, b in zip(short, full[:2], strict=True))
+
+
 def test_prototypes_are_kmeans_centres_padded_by_repetition():
     features = torch.cat([torch.zeros(5, 2, 3, 3), torch.ones(5, 2, 3, 3) * 4]) + 0.01 * torch.randn(10, 2, 3, 3)
     residual = PrototypeResidual(count=5, channels=2)

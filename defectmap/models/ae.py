@@ -116,7 +116,8 @@ class ReconstructionError(nn.Module):
         self.backbone = None
         if cfg.error == "features":
             if cfg.feature_backbone not in BACKBONES:
-                raise ConfigError(f"model.feature_backbone must be one of {', '.join(BACKBONES)}")
+                names = ", ".join(BACKBONES)
+                raise ConfigError(f"model.feature_backbone must be one of {names}, got '{cfg.feature_backbone}'")
             if not cfg.feature_levels or not set(cfg.feature_levels) <= {0, 1, 2, 3}:
                 raise ConfigError(f"model.feature_levels must list backbone levels 0-3, got {cfg.feature_levels}")
             self.levels, self.weights = tuple(cfg.feature_levels), cfg.feature_weights
@@ -133,7 +134,7 @@ class ReconstructionError(nn.Module):
         if self.kind == "ssim":
             return 1.0 - ssim_map(images, recon)
         with torch.no_grad():  # a scoring step only: the reconstruction loss stays MSE
-            features = self.backbone(torch.cat([images, recon]))  # one pass for both halves
+            features = self.backbone(torch.cat([images, recon]), depth=max(self.levels) + 1)  # both in one pass
         error = images.new_zeros(images.shape[0], 1, *images.shape[-2:])
         for level in self.levels:
             original, rebuilt = features[level].float().chunk(2)

@@ -98,19 +98,20 @@ class FrozenBackbone(nn.Module):
             raise ConfigError(f"weights file {path} does not fit {self.name}: {len(missing)} tensors missing")
         return path
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, depth: int = 4) -> list[torch.Tensor]:
+        """Features at the first `depth` strides of (4, 8, 16, 32); the deeper stages are not run."""
         x = (images - self.mean) / self.std
         net = self.net
         features = []
         if self.name == "efficientnet_lite0":
             x = net._swish(net._bn0(net._conv_stem(x)))
-            for i, block in enumerate(net._blocks[: LITE_STAGE_ENDS[-1] + 1]):
+            for i, block in enumerate(net._blocks[: LITE_STAGE_ENDS[depth - 1] + 1]):
                 x = block(x)
                 if i in LITE_STAGE_ENDS:
                     features.append(x)
             return features
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4)[:depth]:
             x = layer(x)
             features.append(x)
         return features
