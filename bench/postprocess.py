@@ -64,12 +64,14 @@ def with_postprocess(base: engine.Detector, category: CategoryData, *overrides: 
     for values in overrides:
         apply_overrides(cfg, values)
     model = engine.build_model(cfg)
-    model.load_weights()  # the feature error's ImageNet backbone, when the variant asks for it
-    model.to(base.device)
-    # The expected-difference buffer is fitted by the calibration and the feature error's backbone was just loaded;
-    # every other weight must match.
+    # The expected-difference buffer is fitted by the calibration; a feature error the checkpoint was not scored
+    # with gets its ImageNet backbone as `train` would load it, and one it was scored with is dropped by a variant
+    # without it. Every other weight must match.
     missing, unexpected = model.load_state_dict(base.model.state_dict(), strict=False)
-    missing = [key for key in missing if not key.startswith("error.backbone.")]
+    if any(key.startswith("error.backbone.") for key in missing):
+        model.load_weights()
+    missing, unexpected = ([k for k in keys if not k.startswith("error.backbone.")] for keys in (missing, unexpected))
+    model.to(base.device)
     if unexpected or set(missing) - {"error_filter.expected"}:
         raise SystemExit(f"{cfg.method} checkpoint: weights do not match ({missing + unexpected})")
     data = cfg.data

@@ -159,6 +159,25 @@ def test_feature_error_trains_from_the_weights_file_and_the_checkpoint_carries_i
     assert not (tmp_path / "run2").exists()
 
 
+def test_postprocess_script_rescores_a_checkpoint_trained_with_the_feature_error(tiny_dataset, tmp_path):
+    # Its backbone is in the checkpoint: kept for `features` (no weights file needed any more), dropped for `none`.
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    checkpoint = training.fit(features_config("ae", tiny_dataset, str(weights)), tmp_path / "run", progress=False)
+    weights.unlink()
+    own = evaluate(load(checkpoint), open_category(tiny_config("ae", tiny_dataset).data), progress=False)
+    script = Path(__file__).resolve().parents[1] / "bench" / "postprocess.py"
+    out = tmp_path / "post.json"
+    args = [sys.executable, str(script), str(checkpoint), "--out", str(out), "--variants", "none,features"]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    plain, features = json.loads(out.read_text())["runs"]
+    assert plain["error"] == "l2" and features["error"] == "features"
+    assert features["pixel_auroc"] == pytest.approx(own["pixel_auroc"]) != plain["pixel_auroc"]
+
+
 @pytest.mark.parametrize("levels", [[], [4], [0, -1]])
 def test_feature_levels_outside_the_backbone_are_a_config_error(levels):
     cfg = features_config("ae")
