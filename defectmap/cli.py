@@ -151,6 +151,20 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, runs.csv")
 
 
+def cmd_granularity(args: argparse.Namespace) -> None:
+    from defectmap import granularity_study as study
+
+    if args.checkpoints:
+        rows = study.score_checkpoints(args.checkpoints, args.out, not args.quiet)
+    elif args.data and args.category:
+        scales = study.parse_scales(args.scales)
+        rows = study.run_study(args.data, args.category, args.out, scales, args.seeds, args.config, args.set,
+                               not args.quiet)  # fmt: skip
+    else:
+        raise DefectmapError("give --data and --category to train the study, or --checkpoints to score DAAD runs")
+    study.finish(rows, args.out)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out)
     root = write_demo_dataset(out / "data", seed=args.seed).parent
@@ -274,6 +288,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
     common(p)
     p.set_defaults(handler=cmd_benchmark)
+
+    p = sub.add_parser("granularity", help="DAAD's granularity study: errors and AUROC per memory block size")
+    p.add_argument("--data", help="dataset root")
+    p.add_argument("--category")
+    p.add_argument("--out", required=True, help="folder for granularity.json/.md/.png and one run per scale and seed")
+    p.add_argument("--scales", default="1,2,4,8,16", help="block scales s: memory level l gets max(1, s // 2**l)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per scale (mean and std in the table)")
+    p.add_argument("--config", help="a daad preset, e.g. model.adversarial: false")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
+    p.add_argument("--checkpoints", nargs="+", help="score these DAAD checkpoints instead of training (no --data)")
+    common(p)
+    p.set_defaults(handler=cmd_granularity)
 
     p = sub.add_parser("demo", help="generate the built-in fabric data, train the AE baseline, print metrics")
     p.add_argument("--out", default="defectmap-demo")

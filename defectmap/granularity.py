@@ -1,7 +1,7 @@
 """DAAD's automatic granularity: choose the block size without any real anomaly.
 
 For each candidate block scale s (memory level l gets blocks of max(1, s // 2**l), so every level's
-blocks cover about the same image area, as in bench/granularity.py), a short run is trained on the
+blocks cover about the same image area, as in the granularity study), a short run is trained on the
 normal images; each is scored on the validation normals with synthetic anomalies pasted in
 (data/synthetic.py: Perlin + texture, CutPaste, scar; fixed per seed). The scale with the highest
 mean of image and pixel AUROC there wins, and the full run trains with it. Nothing from the test

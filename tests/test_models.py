@@ -96,28 +96,6 @@ def test_daad_auto_granularity_picks_a_scale_on_synthetic_anomalies(tiny_dataset
     assert list(saved["block_sizes"]) == best["block_sizes"] == [max(1, best["scale"] // 2**lv) for lv in (0, 1)]
 
 
-def test_granularity_study_scores_checkpoints_trained_elsewhere(tiny_dataset, tmp_path):
-    # bench/granularity.py --checkpoints: one row per block scale, the mean over its checkpoints (seeds), no training.
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from defectmap import engine, training
-    from defectmap.data.mvtec import open_category
-
-    ckpt = training.fit(tiny_config("daad", tiny_dataset), tmp_path / "run", progress=False)
-    detector = load(ckpt)
-    report = engine.evaluate(detector, open_category(detector.config.data), progress=False)
-    script = Path(__file__).parents[1] / "bench" / "granularity.py"
-    args = [sys.executable, str(script), "--checkpoints", str(ckpt), str(ckpt), "--out", str(tmp_path / "study")]
-    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
-    [row] = json.loads((tmp_path / "study" / "granularity.json").read_text())["rows"]
-    assert row["scale"] == TINY_MODEL["daad"]["block_sizes"][0] and row["checkpoints"] == 2
-    assert row["image_auroc"] == pytest.approx(report["image_auroc"])
-    assert row["error_good"] > 0 and row["error_defective"] > 0
-
-
 @pytest.mark.parametrize("informative", [0, 1])
 def test_daad_fusion_weight_is_chosen_on_the_synthetic_probe(informative, monkeypatch):
     cfg = copy.deepcopy(tiny_config("daad"))

@@ -74,7 +74,8 @@ class DAADConfig:
 
 
 def block_sizes(scale: int, levels: tuple[int, ...] | range) -> tuple[int, ...]:
-    """Scale s: memory level l gets b x b blocks with b = max(1, s // 2**l) (bench/granularity.py too)."""
+    """Scale s: memory level l gets b x b blocks with b = max(1, s // 2**l) (the granularity study and
+    automatic granularity)."""
     return tuple(max(1, scale // 2**level) for level in levels)
 
 
