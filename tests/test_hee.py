@@ -292,3 +292,24 @@ def test_choose_refuses_bad_values_and_prn(tiny_dataset):
     with pytest.raises(ConfigError, match="needs validation images"):
         training.fit(cfg, tiny_dataset.parent / "run", progress=False)
     assert not (tiny_dataset.parent / "run").exists()  # refused before anything was written
+
+
+def test_hee_zeroed_script_splits_the_zeroed_pixels_by_the_masks(tiny_dataset, tmp_path):
+    # bench/hee_zeroed.py: the two shares, weighted by the mask and background pixel counts, give HEE's zeros overall.
+    from defectmap.data.dataset import ImageDataset
+
+    ckpt = training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
+    script = Path(__file__).resolve().parents[1] / "bench" / "hee_zeroed.py"
+    out = tmp_path / "zeroed.json"
+    done = subprocess.run([sys.executable, str(script), str(ckpt), "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(out.read_text())["rows"]
+    detector = load(ckpt, device="cpu")
+    defective = [s for s in open_category(detector.config.data).test if s.label == 1]
+    items = [ImageDataset(defective, detector.config.data.image_size)[i] for i in range(len(defective))]
+    masks = torch.stack([item["mask"] for item in items]) > 0.5
+    with torch.no_grad():
+        errors = histogram_error_estimation(detector.model.difference(torch.stack([item["image"] for item in items])))
+    zeros = row["defect_pixels_zeroed"] * masks.sum() + row["background_pixels_zeroed"] * (~masks).sum()
+    assert (zeros / masks.numel()).item() == pytest.approx((errors == 0).float().mean().item(), abs=1e-6)
+    assert 0 < row["defect_pixels_zeroed"] < 1 and 0 < row["background_pixels_zeroed"] < 1
