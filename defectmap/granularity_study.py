@@ -154,6 +154,8 @@ def run_study(root: str, category: str, out: str | Path, scales: list[int], seed
     """Train and score DAAD at every block scale and seed; returns the per-scale rows (see the module doc)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if not scales or min(scales) < 1:
+        raise ConfigError(f"the block scales must be one or more whole numbers from 1, got {list(scales)}")
     named = load_preset(preset).get("method", "daad") if preset else "daad"
     if named != "daad":
         raise ConfigError(f"the preset {preset} is for {named}; the granularity study trains daad")

@@ -117,3 +117,12 @@ def test_study_refuses_a_checkpoint_of_another_model_before_scoring_any(tiny_dat
     err = capsys.readouterr().err.strip()
     assert err == f"defectmap: error: {ae} is a checkpoint of ae; the granularity study scores daad checkpoints"
     assert not (tmp_path / "study").exists()
+
+
+def test_study_from_python_refuses_no_scales(tiny_dataset, tmp_path):
+    from defectmap.errors import ConfigError
+    from defectmap.granularity_study import run_study
+
+    with pytest.raises(ConfigError, match="block scales must be one or more"):
+        run_study(str(tiny_dataset), "tiny", tmp_path / "study", scales=[])
+    assert not (tmp_path / "study").exists()
