@@ -92,12 +92,15 @@ def test_study_scores_checkpoints_trained_elsewhere(tiny_dataset, tmp_path):
     assert row["error_good"] > 0 and row["error_defective"] > 0
 
 
-@pytest.mark.parametrize("case", ["scales", "seeds", "pmb preset", "blocks too large", "no data", "missing data"])
+@pytest.mark.parametrize(
+    "case", ["scales", "scales not numbers", "seeds", "pmb preset", "blocks too large", "no data", "missing data"]
+)
 def test_study_bad_input_is_one_line_and_writes_nothing(case, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "study"
     daad = tiny_preset(tmp_path)
     args = {
         "scales": study_args(tiny_dataset, out, daad, "--scales", "0,2"),
+        "scales not numbers": study_args(tiny_dataset, out, daad, "--scales", "8,big"),
         "seeds": study_args(tiny_dataset, out, daad, "--seeds", "0"),
         "pmb preset": study_args(tiny_dataset, out, tiny_preset(tmp_path, "pmb")),
         "blocks too large": study_args(tiny_dataset, out, daad, "--scales", "64"),  # 64 x 64 blocks of a 16 x 16 map
