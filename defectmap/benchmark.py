@@ -22,6 +22,7 @@ from defectmap.config import build_config, load_preset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import ConfigError, DataError
 from defectmap.outputs import METRIC_NAMES, write_metrics
+from defectmap.progress import bars_off
 from defectmap.resume import load_training_state
 
 COLUMNS = (*METRIC_NAMES, "train_seconds", "inference_images_per_s")
@@ -159,7 +160,7 @@ def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str,
     specs = parse_models(models)
     grid = [(c, m, s) for c in list_categories(root_path, categories) for s in range(seeds) for m in specs]
     runs, rows = [], []
-    for category, spec, seed in tqdm(grid, desc="benchmark", disable=not progress):
+    for category, spec, seed in tqdm(grid, desc="benchmark", disable=bars_off(progress)):
         run_dir = out_path / category / spec[0] / f"seed{seed}"
         report = run_one(spec, root_path, category, seed, sets, run_dir, progress)
         runs.append({k: v for k, v in report.items() if k != "images"})

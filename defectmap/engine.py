@@ -27,6 +27,7 @@ from defectmap.data.transforms import resize_map
 from defectmap.errors import ConfigError, DataError, DefectmapError
 from defectmap.export import load_exported
 from defectmap.models import MODELS, AnomalyModel
+from defectmap.progress import bars_off
 from defectmap.threshold import calibrate, normalise, threshold_max_f1
 
 
@@ -138,7 +139,7 @@ def _validation_calibration(
 ) -> tuple[dict, list[float]]:
     """Thresholds and normalisation from the validation normals, and their image scores."""
     results = tqdm(infer(model, val_set, batch_size, device), "thresholds from the validation normals", len(val_set),
-                   disable=not progress, leave=False)  # fmt: skip
+                   disable=bars_off(progress), leave=False)  # fmt: skip
     pairs = [(r["score"], r["map"]) for r in results]
     scores = [score for score, _ in pairs]
     if len(scores) > 1 and max(scores) == min(scores):
@@ -176,7 +177,7 @@ def recalibrate(
         return calibration
     bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
     bad = [r["score"] for r in tqdm(infer(model, bad_set, batch, device), "scoring the defective images", len(bad_set),
-                                    disable=not progress, leave=False)]  # fmt: skip
+                                    disable=bars_off(progress), leave=False)]  # fmt: skip
     calibration["threshold"] = threshold_max_f1([0] * len(good) + [1] * len(bad), good + bad)
     calibration["threshold_rule"] = f"max image F1 on {len(good)} good and {len(bad)} defective validation images"
     return calibration
@@ -202,7 +203,7 @@ def test_outputs(detector: Detector, category: CategoryData, *, progress: bool =
     outputs = {"labels": [], "scores": [], "masks": [], "maps": [], "seconds": 0.0}
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     start = time.perf_counter()
-    for result in tqdm(results, total=len(dataset), desc="evaluating", disable=not progress, leave=False):
+    for result in tqdm(results, total=len(dataset), desc="evaluating", disable=bars_off(progress), leave=False):
         outputs["seconds"] += time.perf_counter() - start  # decoding, model and map resizing; not mask I/O
         sample = category.test[result["index"]]
         outputs["labels"].append(sample.label)
@@ -281,7 +282,7 @@ def predict(detector: Detector, images, *, progress: bool = True) -> Iterator[di
     dataset = _scoring_set(detector.config, samples, skip_errors=True)
     cal = detector.calibration
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
-    for result in tqdm(results, total=len(dataset), desc="predicting", disable=not progress):
+    for result in tqdm(results, total=len(dataset), desc="predicting", disable=bars_off(progress)):
         index = result["index"]
         row = {"index": index, "path": samples[index].path if samples[index].image is None else None}
         if "error" in result:

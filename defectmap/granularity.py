@@ -27,6 +27,7 @@ from defectmap.data.dataset import ImageDataset, synthetic_probe
 from defectmap.data.mvtec import CategoryData
 from defectmap.errors import ConfigError
 from defectmap.models.daad import block_sizes
+from defectmap.progress import bars_off
 
 
 @torch.no_grad()
@@ -59,7 +60,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
     normals = ImageDataset(category.val, data.image_size, cache=True, max_pixels=data.max_pixels)
     probe = synthetic_probe(normals, data.texture_dir, cfg.train.seed)
     trials = []
-    for scale in tqdm(cfg.model.auto_scales, desc="granularity trials", disable=not progress, leave=False):
+    for scale in tqdm(cfg.model.auto_scales, desc="granularity trials", disable=bars_off(progress), leave=False):
         trial = copy.deepcopy(cfg)
         trial.model.granularity = "manual"
         trial.model.block_sizes = block_sizes(scale, cfg.model.memory_levels)

@@ -35,6 +35,7 @@ from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import ConfigError, DataError
 from defectmap.models.daad import block_sizes
+from defectmap.progress import bars_off
 
 FIGURES = ("error_good", "error_defective", "image_auroc", "pixel_auroc", "aupro")
 ERRORS_FILE = "reconstruction_errors.json"
@@ -169,7 +170,7 @@ def run_study(root: str, category: str, out: str | Path, scales: list[int], seed
     extra = {"data": root, "category": category, "preset": preset, "sets": list(sets), "seeds": seeds}
     runs = []
     grid = [(seed, scale, scale_sets) for seed in range(seeds) for scale, scale_sets in plan]  # seed-major
-    for seed, scale, scale_sets in tqdm(grid, desc="granularity study", disable=not progress):
+    for seed, scale, scale_sets in tqdm(grid, desc="granularity study", disable=bars_off(progress)):
         run_dir = out / f"scale{scale}" / f"seed{seed}"
         spec = (f"scale{scale}", method, preset)
         report = run_one(spec, Path(root), category, seed, scale_sets, run_dir, progress)
@@ -191,7 +192,7 @@ def score_checkpoints(paths: list[str], out: str | Path, progress: bool = True) 
         if method != "daad":
             raise ConfigError(f"{path} is a checkpoint of {method}; the granularity study scores daad checkpoints")
     runs = []
-    for path in tqdm(paths, desc="granularity checkpoints", disable=not progress):
+    for path in tqdm(paths, desc="granularity checkpoints", disable=bars_off(progress)):
         runs.append({**score_checkpoint(path), "checkpoint": str(path)})
     return write_study(runs, Path(out), {"checkpoints": [str(p) for p in paths]})
 

@@ -22,6 +22,7 @@ from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
 from defectmap.metrics import image_auroc
 from defectmap.models import AnomalyModel
+from defectmap.progress import bars_off
 from defectmap.resume import (
     StopSignals,
     TrainState,
@@ -46,7 +47,7 @@ def _validation_loss(model: AnomalyModel, loader: DataLoader, device: torch.devi
 def _normal_batches(train_set: ImageDataset, batch_size: int, device, progress: bool):
     """The training normals for `model.prepare`; the bar appears only if the model reads them (PRN's prototypes)."""
     for batch in tqdm(DataLoader(train_set, batch_size=batch_size), desc="fitting to the training normals",
-                      disable=not progress, leave=False):  # fmt: skip
+                      disable=bars_off(progress), leave=False):  # fmt: skip
         yield batch["image"].to(device)
 
 
@@ -58,7 +59,7 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
     )
     if data.cache:  # decode everything up front: a bad image fails now, before any output exists
         for dataset in (train_set, val_set):
-            for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False):
+            for i in tqdm(range(len(dataset)), desc="loading images", disable=bars_off(progress), leave=False):
                 dataset[i]
     return train_set, val_set
 
@@ -205,7 +206,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 fit_set.epoch = epoch  # new anomalies every epoch, reproducibly
             loader = DataLoader(fit_set, batch_size=batch_size // world, sampler=order,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")  # fmt: skip
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=bars_off(progress), leave=False)
             seen, epoch_start = 0, time.perf_counter()
             for batch in bar:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,21 @@ def tiny_dataset(tmp_path: Path) -> Path:
         write_image(base / "test" / kind / f"{i:02d}.png", image)
         write_image(base / "ground_truth" / kind / f"{i:02d}_mask.png", mask.astype(np.float32))
     return tmp_path / "data"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def terminal_stderr(monkeypatch):
+    """Call it to make sys.stderr a terminal, so progress bars are drawn (they are off on captured or redirected
+    output); it returns the stream. Called inside the test, since pytest re-installs its capture after setup."""
+
+    def install() -> io.StringIO:
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        return terminal
+
+    return install

@@ -198,3 +198,18 @@ def test_interrupted_batch_prediction_resumes_to_the_same_csv(trained, tiny_data
     assert main(["predict", ckpt, str(folder), "--out", str(part), "--quiet", "--resume"]) == 0
     assert (part / "scores.csv").read_text() == expected
     assert sorted(p.name for p in (part / "maps").iterdir()) == sorted(p.name for p in (whole / "maps").iterdir())
+
+
+def _train_unquiet(tiny_dataset, out) -> int:
+    return main(["train", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(out), *TINY])
+
+
+def test_progress_bars_only_on_a_terminal_and_epoch_lines_always(tiny_dataset, tmp_path, capsys, terminal_stderr):
+    assert _train_unquiet(tiny_dataset, tmp_path / "logged") == 0  # stderr captured: not a terminal
+    logged = capsys.readouterr()
+    assert "epoch 1: train loss" in logged.out and "epoch 2: train loss" in logged.out
+    assert "\r" not in logged.err and "it/s" not in logged.err
+    terminal = terminal_stderr()  # from here on stderr is a terminal
+    assert _train_unquiet(tiny_dataset, tmp_path / "interactive") == 0
+    assert "epoch 1/2" in terminal.getvalue() and "\r" in terminal.getvalue()
+    assert "epoch 1: train loss" in capsys.readouterr().out

@@ -54,6 +54,20 @@ def test_empty_or_missing_folders_are_clear_errors(tmp_path):
         open_category(DataConfig(root=str(tmp_path), category="empty"))
 
 
+def test_a_missing_category_names_the_closest_one_and_the_others(tiny_dataset, tmp_path):
+    (tiny_dataset / "other" / "train").mkdir(parents=True)
+    (tiny_dataset / "not_a_category").mkdir()  # no train/: not listed
+    with pytest.raises(DataError) as typo:
+        open_category(DataConfig(root=str(tiny_dataset), category="tinny"))
+    assert str(typo.value).endswith(f"does not exist; did you mean tiny? categories under {tiny_dataset}: other, tiny")
+    with pytest.raises(DataError) as unrelated:
+        open_category(DataConfig(root=str(tiny_dataset), category="bottle"))
+    assert str(unrelated.value).endswith(f"does not exist; categories under {tiny_dataset}: other, tiny")
+    (tmp_path / "empty_root").mkdir()
+    with pytest.raises(DataError, match="bottle does not exist; expected MVTec AD layout"):  # no category folders
+        open_category(DataConfig(root=str(tmp_path / "empty_root"), category="bottle"))
+
+
 def test_folder_format(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(4):

@@ -15,6 +15,7 @@ from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
 from defectmap.data.mvtec import open_category
 from defectmap.data.synthetic import SYNTHETIC_KINDS, AnomalyMix, load_textures
 from defectmap.errors import DataError
+from defectmap.progress import bars_off
 
 
 def _png(array: torch.Tensor, path: Path) -> None:
@@ -44,7 +45,7 @@ def write_synthetic_examples(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in tqdm(range(count), desc="synthesising", disable=not progress):
+    for i in tqdm(range(count), desc="synthesising", disable=bars_off(progress)):
         index = i % len(normals)
         examples.epoch = i // len(normals)
         item = examples[index]

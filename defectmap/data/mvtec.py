@@ -4,6 +4,7 @@ validation (normal images carved from train, seeded) and test."""
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,12 +88,25 @@ def _test_samples(root: Path, defect_dirs: list[Path], gt_root: Path | None) -> 
     return samples
 
 
+def _categories_hint(root: Path, category: str) -> str:
+    """What to write instead of a missing category: the closest category folder under root, or the layout."""
+    try:
+        found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
+    except OSError:  # an unreadable root or entry: no hint rather than a second error
+        found = []
+    if not found:
+        return LAYOUT_HELP
+    close = difflib.get_close_matches(category, found, n=1)
+    listed = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+    return (f"did you mean {close[0]}? " if close else "") + f"categories under {root}: {listed}"
+
+
 def open_mvtec(cfg: DataConfig) -> CategoryData:
     if not cfg.root:
         raise DataError("no dataset given: pass --data ROOT --category NAME (MVTec AD layout, see README#datasets)")
     root = Path(cfg.root) / cfg.category if cfg.category else Path(cfg.root)
     if not root.is_dir():
-        raise DataError(f"category folder {root} does not exist; {LAYOUT_HELP}")
+        raise DataError(f"category folder {root} does not exist; {_categories_hint(Path(cfg.root), cfg.category)}")
     good_dir = root / "train" / "good"
     if not good_dir.is_dir() or not _images_in(good_dir):
         raise DataError(f"no images found in {good_dir}: {LAYOUT_HELP}")
