@@ -108,6 +108,8 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
             detector, found, out, resume=args.resume, progress=not args.quiet, overlays=args.overlay
         )
     print(f"scored {count} image{'s' * (count != 1)}: {out / 'scores.csv'}")
+    counts = outputs.decision_counts(out / "scores.csv")
+    print(f"decisions in it: {counts['defect']} defect, {counts['good']} good")
     if skipped:
         print(f"skipped {skipped} unreadable image{'s' * (skipped != 1)}: {out / 'errors.csv'}", file=sys.stderr)
     return 1 if skipped and not count else None  # nothing could be scored: a script must not read it as success

@@ -149,6 +149,15 @@ def predict_to_folder(
     return scored, skipped
 
 
+def decision_counts(scores_csv: Path) -> dict[str, int]:
+    """How many rows of a scores.csv say `defect` and how many `good` (all rows, e.g. after a resumed run)."""
+    counts = {"defect": 0, "good": 0}
+    with open(scores_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            counts[row["decision"]] = counts.get(row["decision"], 0) + 1
+    return counts
+
+
 def write_metrics(report: dict, out_dir: Path) -> Path:
     path = out_dir / "metrics.json"
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))

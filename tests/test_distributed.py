@@ -57,11 +57,12 @@ def test_distributed_predict_writes_the_same_csv(tiny_dataset, tmp_path):
     on_cpu = ["--quiet", "--device", "cpu"]  # gloo processes, also on a GPU machine
     said_one = run("predict", ckpt, images, "--out", str(tmp_path / "one"), *on_cpu)
     said_two = run("predict", ckpt, images, "--out", str(tmp_path / "two"), *on_cpu, "--devices", "2", "--overlay")
-    # One summary line with the total over both processes, as a single process prints it.
+    # One summary with the totals over both processes, as a single process prints it.
     total = sum(1 for _ in (tmp_path / "one" / "scores.csv").open()) - 1
-    assert said_one.splitlines()[-1] == f"scored {total} images: {tmp_path / 'one' / 'scores.csv'}"
-    assert [line for line in said_two.splitlines() if line.startswith("scored")] == [
-        f"scored {total} images: {tmp_path / 'two' / 'scores.csv'}"
+    assert said_one.splitlines()[-2] == f"scored {total} images: {tmp_path / 'one' / 'scores.csv'}"
+    assert [line for line in said_two.splitlines() if line.startswith(("scored", "decisions"))] == [
+        f"scored {total} images: {tmp_path / 'two' / 'scores.csv'}",
+        said_one.splitlines()[-1],
     ]
     assert (tmp_path / "two" / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
     names = sorted(p.name for p in (tmp_path / "one" / "maps").iterdir())
