@@ -119,7 +119,7 @@ def cmd_threshold(args: argparse.Namespace) -> None:
     load_checkpoint(args.checkpoint)  # an exported model is refused here, before any scoring
     detector = engine.load(args.checkpoint, device=args.device)
     defects = [sample for sample, _ in outputs.collect_images([args.defects])] if args.defects else None
-    calibration = engine.recalibrate(detector, args.fpr, defects, progress=True)
+    calibration = engine.recalibrate(detector, args.fpr, defects, progress=not args.quiet)
     update_calibration(args.checkpoint, calibration)
     print(f"threshold {calibration['threshold']:.6g} ({calibration['threshold_rule']}) saved in {args.checkpoint}")
 
@@ -258,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fpr", type=float, default=0.01, help="share of good validation images allowed above it")
     p.add_argument("--defects", help="a folder of defective validation images (not test images): use max F1")
     p.add_argument("--device", default="auto")
+    common(p)
     p.set_defaults(handler=cmd_threshold)
 
     p = sub.add_parser("export", help="export a checkpoint as ONNX or TorchScript (config and threshold inside)")

@@ -49,7 +49,7 @@ def test_training_and_recalibration_never_read_test_images(tiny_dataset, tmp_pat
     ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
     before = engine.load(ckpt).calibration
     assert before["val_images"] == 2  # 25% of 8 good training images
-    assert main(["threshold", str(ckpt), "--fpr", "0.5"]) == 0
+    assert main(["threshold", str(ckpt), "--fpr", "0.5", "--quiet"]) == 0
     after = engine.load(ckpt).calibration
     assert after["threshold"] <= before["threshold"] and after["false_reject_rate"] == 0.5
     assert "false-reject rate 0.5" in after["threshold_rule"]
