@@ -215,3 +215,16 @@ def test_progress_bars_only_on_a_terminal_and_epoch_lines_always(tiny_dataset, t
     assert _train_unquiet(tiny_dataset, tmp_path / "interactive") == 0
     assert "epoch 1/2" in terminal.getvalue() and "\r" in terminal.getvalue()
     assert "epoch 1: train loss" in capsys.readouterr().out
+
+
+def test_every_command_and_option_says_what_it_is_for():
+    import argparse
+
+    from defectmap.cli import parser
+
+    [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helped = {choice.dest for choice in commands._choices_actions if choice.help}
+    assert helped == set(commands.choices)
+    missing = [f"{name} {action.option_strings or action.dest}" for name, sub in commands.choices.items()
+               for action in sub._actions if not action.help]  # fmt: skip
+    assert missing == []
