@@ -4,10 +4,10 @@
 
 Rows come from a benchmark's runs.csv (one row per model or variant) and from bench/holdout.py files
 (`--rows prn_k0=holdout_k0.json`: each checkpoint's seed is its hold-out's `data.anomaly_seed`). A pair
-A-B compares A with B on every metric: the difference per seed (seeds both rows have), its mean, and
-"more than two standard deviations", read as the mean difference above twice the larger of the two rows'
-sample standard deviations over seeds (how the README reads the issues' criterion). Differences are in
-AUROC points (x 100).
+A-B compares A with B on every metric as `defectmap.comparison.pair_difference` does (the benchmark's own
+"against the first model" table uses it too): the difference per seed (seeds both rows have), its mean and std, and
+"more than two standard deviations", read as the mean difference above twice the larger of the two rows' sample
+standard deviations over seeds (how the README reads the issues' criterion). Differences are in points (x 100).
 """
 
 import argparse
@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defectmap.outputs import METRIC_NAMES
-
-METRICS = tuple(m for m in METRIC_NAMES if m != "f1_max")  # F1-max is an oracle figure, not a criterion
+from defectmap.comparison import METRICS, pair_difference
 
 
 def read_runs(path: Path) -> dict[str, dict[int, dict[str, float]]]:
@@ -47,20 +45,7 @@ def compare(rows: dict[str, dict[int, dict[str, float]]], pairs: list[tuple[str,
     summary = {
         label: {m: stats([by_seed[s][m] for s in sorted(by_seed)]) for m in METRICS} for label, by_seed in rows.items()
     }
-    differences = {}
-    for a, b in pairs:
-        seeds = sorted(set(rows[a]) & set(rows[b]))
-        pair = differences[f"{a} - {b}"] = {}
-        for m in METRICS:
-            per_seed = [100 * (rows[a][s][m] - rows[b][s][m]) for s in seeds]
-            bar = 200 * max(summary[a][m]["std"], summary[b][m]["std"])
-            pair[m] = {
-                "seeds": seeds,
-                "per_seed": [round(d, 1) for d in per_seed],
-                "mean": round(float(np.mean(per_seed)), 1),
-                "two_std_larger_row": round(bar, 1),
-                "more_than_two_std": bool(np.mean(per_seed) > bar),
-            }
+    differences = {f"{a} - {b}": {m: pair_difference(rows[a], rows[b], m) for m in METRICS} for a, b in pairs}
     return {"rows": summary, "differences_points": differences}
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from defectmap import engine, training
+from defectmap import comparison, engine, training
 from defectmap.checkpoint import atomic_write
 from defectmap.config import build_config, load_preset
-from defectmap.data.mvtec import open_category
+from defectmap.data.mvtec import category_folders, open_category
 from defectmap.errors import ConfigError, DataError
 from defectmap.outputs import METRIC_NAMES, write_metrics
 from defectmap.progress import bars_off
@@ -31,7 +31,7 @@ COLUMNS = (*METRIC_NAMES, "train_seconds", "inference_images_per_s")
 def list_categories(root: Path, categories: str) -> list[str]:
     if categories != "all":
         return [c.strip() for c in categories.split(",") if c.strip()]
-    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
+    found = category_folders(root)
     if not found:
         raise DataError(f"no category folders with train/ under {root}; name them with --categories")
     return found
@@ -113,7 +113,9 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], comparisons: list[dict] = ()) -> str:
+    """Per category the table of means ± std over seeds, then every later model against the first."""
+
     def cell(row: dict, column: str) -> str:
         if row[column] is None:
             return "n/a"
@@ -131,6 +133,7 @@ def markdown(rows: list[dict]) -> str:
         for row in (r for r in rows if r["category"] == category):
             lines.append("| " + " | ".join([row["model"], str(row["seeds"])] + [cell(row, c) for c in COLUMNS]) + " |")
         lines.append("")
+        lines += comparison.markdown(comparisons, category)
     return "\n".join(lines)
 
 
@@ -141,9 +144,10 @@ def write_tables(runs: list[dict], out_path: Path, sets: list[str]) -> list[dict
     writer.writeheader()
     writer.writerows({**run, "model": run["variant"]} for run in runs)
     atomic_write(out_path / "runs.csv", lambda tmp: tmp.write_text(per_run.getvalue()))
-    summary = json.dumps({"rows": rows, "runs": runs, "sets": sets}, indent=2)
+    against = comparison.against_reference(runs)
+    summary = json.dumps({"rows": rows, "against_first": against, "runs": runs, "sets": sets}, indent=2)
     atomic_write(out_path / "results.json", lambda tmp: tmp.write_text(summary))
-    atomic_write(out_path / "results.md", lambda tmp: tmp.write_text(markdown(rows)))
+    atomic_write(out_path / "results.md", lambda tmp: tmp.write_text(markdown(rows, against)))
     return rows
 
 

@@ -146,10 +146,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from defectmap.benchmark import markdown, run_benchmark
+    from defectmap.benchmark import run_benchmark
 
-    rows = run_benchmark(args.models, args.data, args.categories, args.seeds, args.out, args.set, not args.quiet)
-    print(markdown(rows))
+    run_benchmark(args.models, args.data, args.categories, args.seeds, args.out, args.set, not args.quiet)
+    print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, runs.csv")
 
 

@@ -124,11 +124,18 @@ def test_preset_variants_are_labelled_by_file_stem(tiny_dataset, tmp_path):
     variant = tmp_path / "ae_small.yaml"
     variant.write_text("method: ae\nmodel:\n  channels: [4, 8]\n  latent_channels: 2\n")
     out = tmp_path / "bench"
-    args = ["benchmark", "--models", f"ae,{variant}", "--data", str(tiny_dataset), "--seeds", "1", "--out", str(out),
+    args = ["benchmark", "--models", f"ae,{variant}", "--data", str(tiny_dataset), "--seeds", "2", "--out", str(out),
             "--quiet", *SETS, "--set", "model.smoothing_sigma=1.0"]  # fmt: skip
     assert main(args) == 0
-    rows = {row["model"] for row in json.loads((out / "results.json").read_text())["rows"]}
-    assert rows == {"ae", "ae_small"}
+    results = json.loads((out / "results.json").read_text())
+    assert {row["model"] for row in results["rows"]} == {"ae", "ae_small"}
+    # The later model against the first, seed by seed, from the runs' own figures.
+    [against] = results["against_first"]
+    assert (against["model"], against["reference"], against["seeds"]) == ("ae_small", "ae", [0, 1])
+    by = {(r["variant"], r["seed"]): r["image_auroc"] for r in results["runs"]}
+    expected = [round(100 * (by["ae_small", s] - by["ae", s]), 1) for s in (0, 1)]
+    assert against["image_auroc"]["per_seed"] == expected
+    assert "Against ae, paired by seed" in (out / "results.md").read_text()
     model = json.loads((out / "tiny" / "ae_small" / "seed0" / "metrics.json").read_text())["model"]
     assert model["channels"] == [4, 8] and model["smoothing_sigma"] == 1.0  # the preset, then --set
 

@@ -88,12 +88,17 @@ def _test_samples(root: Path, defect_dirs: list[Path], gt_root: Path | None) -> 
     return samples
 
 
+def category_folders(root: Path) -> list[str]:
+    """The folders under an MVTec-layout root that hold train/, sorted; none for a missing or unreadable root."""
+    try:
+        return sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
+    except OSError:  # an unreadable root or entry: nothing to list
+        return []
+
+
 def _categories_hint(root: Path, category: str) -> str:
     """What to write instead of a missing category: the closest category folder under root, or the layout."""
-    try:
-        found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
-    except OSError:  # an unreadable root or entry: no hint rather than a second error
-        found = []
+    found = category_folders(root)
     if not found:
         return LAYOUT_HELP
     close = difflib.get_close_matches(category, found, n=1)
