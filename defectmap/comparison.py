@@ -1,8 +1,8 @@
 """Paired comparisons over seeds: is the difference between two models larger than their seed noise?
 
-A row is one model's results by seed, {seed: {metric: value}}. Two rows are compared on the seeds both have (a
-seed fixes the split, the initialisation and, for few-shot runs, the held-out anomalies, so the pairs share a test
-set): the difference per seed in points (x 100), its mean and sample std, and the project's verdict, "more than two
+A row is one model's results by seed, {seed: {metric: value}}. Two rows are compared on the seeds both have (the
+benchmark passes a seed as `train.seed` and `data.anomaly_seed`, so few-shot pairs hold out the same anomalies and
+are tested on the same images): the difference per seed in points (x 100), its mean and sample std, and the project's verdict, "more than two
 standard deviations": the mean difference above twice the larger of the two rows' sample standard deviations over
 seeds. With one shared seed there is no spread to compare with, and the verdict is None.
 """
