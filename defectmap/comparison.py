@@ -2,9 +2,9 @@
 
 A row is one model's results by seed, {seed: {metric: value}}. Two rows are compared on the seeds both have (the
 benchmark passes a seed as `train.seed` and `data.anomaly_seed`, so few-shot pairs hold out the same anomalies and
-are tested on the same images): the difference per seed in points (x 100), its mean and sample std, and the project's verdict, "more than two
-standard deviations": the mean difference above twice the larger of the two rows' sample standard deviations over
-seeds. With one shared seed there is no spread to compare with, and the verdict is None.
+are tested on the same images): the difference per seed in points (x 100), its mean and sample std, and the
+project's verdict, "more than two standard deviations": the mean difference above twice the larger of the two rows'
+sample standard deviations over seeds. With one shared seed there is no spread to compare with: the verdict is None.
 """
 
 from __future__ import annotations

@@ -174,7 +174,8 @@ def test_a_missing_relative_root_says_which_folder_it_was_read_from(tmp_path, mo
     # A checkpoint keeps the root as given to train; used from another folder, a relative one points elsewhere.
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
-        DataError, match=re.escape(f"dataset root ../no_data does not exist (a relative path, read from {tmp_path})")
+        DataError,
+        match=re.escape(f"dataset root ../no_data does not exist (a relative path, read from {tmp_path}; --data gives"),
     ):
         open_category(DataConfig(root="../no_data", category="tiny"))
     with pytest.raises(DataError, match="dataset root /no_data does not exist; expected MVTec"):

@@ -181,7 +181,7 @@ def dataset_root(cfg: DataConfig) -> Path:
     """data.root, which must exist; a relative one (e.g. a checkpoint's, used from another folder) says where from."""
     root = Path(cfg.root)
     if not root.is_dir():
-        where = "" if root.is_absolute() else f" (a relative path, read from {Path.cwd()})"
+        where = "" if root.is_absolute() else f" (a relative path, read from {Path.cwd()}; --data gives another)"
         raise DataError(f"dataset root {root} does not exist{where}; {LAYOUT_HELP}")
     return root
 
