@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import pickle
 import platform
-import tempfile
+import secrets
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,31 @@ def versions() -> dict[str, str]:
     }
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file next to `path`, with the permissions a plain open() would give it (the umask applies;
+    tempfile's are owner-only, which would leave a checkpoint or report unreadable to a service or a colleague)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: Path, write) -> None:
     """Call `write(tmp_path)`, then rename over `path`: readers never see a half-written file.
 
-    A full disk or a read-only location is one clear error, and the previous `path` stays intact.
+    A full disk or a read-only location is one clear error, and the previous `path` stays intact. The file gets the
+    permissions of the one it replaces, or the umask's for a new one.
     """
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        write(Path(tmp))
+        tmp = _temporary_beside(path)
+        write(tmp)
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:

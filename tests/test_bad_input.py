@@ -3,6 +3,8 @@
 import csv
 import errno
 import io
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -158,3 +160,22 @@ def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
         checkpoint.atomic_write(target, full)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_umasks_permissions_and_keep_a_replaced_files(tmp_path, umask, mode):
+    # Checkpoints, metrics.json, reports and exports are written atomically; a service account or a colleague must be
+    # able to read them as they could any file the user writes (a temporary file's owner-only mode must not leak).
+    from defectmap import checkpoint
+
+    old = os.umask(umask)
+    try:
+        checkpoint.atomic_write(tmp_path / "new.json", lambda tmp: tmp.write_text("{}"))
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        os.chmod(kept, 0o640)
+        checkpoint.atomic_write(kept, lambda tmp: tmp.write_text("new"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == mode
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_text() == "new"
