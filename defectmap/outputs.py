@@ -34,11 +34,16 @@ def collect_images(paths: Iterable[str | Path]) -> list[tuple[Sample, str]]:
             raise DataError(f"{given} does not exist: give image files or folders of images")
     if not found:
         raise DataError(f"no images (PNG, JPG, BMP, TIFF) found in {', '.join(map(str, paths))}")
-    seen: dict[str, int] = {}
+    taken = {name for _, name in found}  # a suffixed name must not be another file's own name either
+    used: set[str] = set()
     unique = []
     for sample, name in found:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append((sample, name if seen[name] == 1 else f"{name}_{seen[name]}"))
+        candidate, n = name, 1
+        while candidate in used or (candidate != name and candidate in taken):
+            n += 1
+            candidate = f"{name}_{n}"
+        used.add(candidate)
+        unique.append((sample, candidate))
     return unique
 
 

@@ -228,3 +228,17 @@ def test_every_command_and_option_says_what_it_is_for():
     missing = [f"{name} {action.option_strings or action.dest}" for name, sub in commands.choices.items()
                for action in sub._actions if not action.help]  # fmt: skip
     assert missing == []
+
+
+def test_every_image_gets_its_own_output_name(tmp_path):
+    from defectmap.outputs import collect_images
+
+    pixels = np.zeros((4, 4), np.uint8)
+    for rel in ("x/a.png", "y/a.png", "y/sub/b.png", "a_2.png", "a.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / rel)
+    found = collect_images([tmp_path / "x", tmp_path / "y", tmp_path / "a_2.png", tmp_path / "a.jpg"])
+    names = {str(sample.path.relative_to(tmp_path)): name for sample, name in found}
+    # Folder contents are named by their path inside the folder; a clash gets the next free suffix, never another
+    # file's own name (a_2.png keeps "a_2").
+    assert names == {"x/a.png": "a", "y/a.png": "a_3", "y/sub/b.png": "sub__b", "a_2.png": "a_2", "a.jpg": "a_4"}
