@@ -66,26 +66,37 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None, executor
         batch = image_or_batch if overlap else prepare(image_or_batch)
         return score_batch(detector.model, batch, [size], detector.device)[0]
 
+    async def bounded_body(request: Request) -> bytes:
+        """The body, refused as soon as it passes the byte limit: a chunked upload has no Content-Length to check."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_bytes:
+                raise HTTPException(413, f"request body is over the limit of {limits.max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def read_upload(request: Request) -> tuple[bytes, str]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limits.max_bytes:
             raise HTTPException(413, f"request body of {length} bytes is over the limit of {limits.max_bytes}")
-        if content_type == "multipart/form-data":
-            form = await request.form()
-            upload = form.get("file")
-            if upload is None or not hasattr(upload, "read"):
-                raise HTTPException(422, "multipart request has no 'file' field: send -F file=@image.png")
-            data, name = await upload.read(), upload.filename or "file"
-        elif content_type in IMAGE_TYPES:
-            data, name = await request.body(), "body"
-        else:
+        if content_type not in (*IMAGE_TYPES, "multipart/form-data"):
             raise HTTPException(
                 415, f"unsupported content type '{content_type}': send image/png, image/jpeg, image/bmp, "
                 "image/tiff, application/octet-stream, or multipart/form-data with a 'file' field"
             )  # fmt: skip
-        if len(data) > limits.max_bytes:
-            raise HTTPException(413, f"image of {len(data)} bytes is over the limit of {limits.max_bytes}")
+        data, name = await bounded_body(request), "body"
+        if content_type == "multipart/form-data":
+
+            async def replay() -> dict:  # the form is parsed from the bytes already read
+                return {"type": "http.request", "body": data, "more_body": False}
+
+            form = await Request(request.scope, replay).form()
+            upload = form.get("file")
+            if upload is None or not hasattr(upload, "read"):
+                raise HTTPException(422, "multipart request has no 'file' field: send -F file=@image.png")
+            data, name = await upload.read(), upload.filename or "file"
         if not data:
             raise HTTPException(400, "empty request body: send the bytes of an image file")
         return data, name

@@ -150,3 +150,28 @@ def test_a_pytorch_model_is_loaded_and_run_on_one_thread(service, monkeypatch):
     executor = served[0][-1]
     assert loaded[0].startswith("defectmap-inference")
     assert executor.submit(lambda: threading.current_thread().name).result() == loaded[0]
+
+
+def test_a_chunked_upload_over_the_byte_limit_is_refused_while_it_is_read(service):
+    # Without Content-Length the size is only known while reading: the service stops reading at the limit (413)
+    # instead of taking a 10 MB body into memory first. Driven through the ASGI interface to count what it read.
+    import asyncio
+
+    app = create_app(service[1], ServiceLimits(max_bytes=200_000, max_pixels=300 * 300, timeout_s=10))
+    chunk, reads, sent = b"\x00" * 16_384, [], []
+
+    async def receive() -> dict:
+        reads.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": len(reads) < 640}  # 10 MB in all
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"image/png"), (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["detail"] == "request body is over the limit of 200000 bytes"
+    assert sum(reads) <= 200_000 + len(chunk)  # stopped at the limit
