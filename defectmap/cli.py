@@ -207,6 +207,9 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
 
 
+DEVICE_HELP = "auto (a GPU when there is one) | cpu | cuda | cuda:N"
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="defectmap", description="Anomaly detection and defect maps for images.")
     main.add_argument("--version", action="version", version=f"defectmap {__version__} (torch {torch_version})")
@@ -236,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--report", action="store_true", help="also write report.html (curves, histograms, gallery)")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
     p.set_defaults(handler=cmd_test)
 
@@ -249,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
                    help="shard the images over this many processes (torchrun; on CUDA one per GPU)")  # fmt: skip
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--overlay", action="store_true", help="also OUT/overlays/: each image, predicted defects outlined")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
     p.set_defaults(handler=cmd_predict)
 
@@ -257,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a model.ckpt (updated in place)")
     p.add_argument("--fpr", type=float, default=0.01, help="share of good validation images allowed above it")
     p.add_argument("--defects", help="a folder of defective validation images (not test images): use max F1")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
     p.set_defaults(handler=cmd_threshold)
 
@@ -271,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest accepted request body")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted decoded image")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for one inference")
