@@ -51,7 +51,12 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         return distributed.launch(args.devices, _without_devices(sys.argv[1:]), device)
     checkpoint = training.fit(cfg, args.out, progress=not args.quiet, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"saved {checkpoint}")
+        history = load_checkpoint(checkpoint)["history"]
+        best = min(history, key=lambda epoch: epoch["val_loss"])
+        minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
+        print(f"saved {checkpoint}: {len(history)} epochs in {minutes} min {seconds} s; the weights of epoch "
+              f"{best['epoch']}, the lowest validation loss ({best['val_loss']:.5g})")  # fmt: skip
+        print(f"next: defectmap test {checkpoint}, or defectmap predict {checkpoint} IMAGES --out DIR")
     return None
 
 

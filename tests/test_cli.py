@@ -48,6 +48,17 @@ def trained(tiny_dataset, tmp_path):
     return run
 
 
+def test_train_ends_with_the_epoch_it_kept_and_what_to_do_next(capsys, trained):  # capsys first: it sees train
+    ckpt = trained / "model.ckpt"
+    history = json.loads((trained / "history.json").read_text())
+    best = min(history, key=lambda epoch: epoch["val_loss"])
+    said = capsys.readouterr().out.splitlines()
+    assert said[-2].startswith(f"saved {ckpt}: 2 epochs in 0 min ")
+    kept = f"the weights of epoch {best['epoch']}, the lowest validation loss ({best['val_loss']:.5g})"
+    assert said[-2].endswith(kept)
+    assert said[-1] == f"next: defectmap test {ckpt}, or defectmap predict {ckpt} IMAGES --out DIR"
+
+
 def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
     ckpt = trained / "model.ckpt"
     assert ckpt.is_file() and (trained / "history.json").is_file()
