@@ -15,7 +15,7 @@ from torch import __version__ as torch_version
 
 from defectmap import __version__, distributed, engine, outputs, training
 from defectmap.checkpoint import load_checkpoint, update_calibration
-from defectmap.config import build_config, check_values, resolve_config
+from defectmap.config import build_config, check_values, commented_yaml, resolve_config
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DefectmapError
@@ -204,12 +204,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    import dataclasses
-
-    import yaml
-
-    cfg = resolve_config({}, args.model)
-    print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+    print(commented_yaml(resolve_config({}, args.model)), end="")
 
 
 DEVICE_HELP = "auto (a GPU when there is one) | cpu | cuda | cuda:N"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -241,3 +242,42 @@ def build_config(method: str | None, preset: str | None, sets: list[str], **data
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in a config dataclass's source: the one on its line, else the block just above it."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # no source (e.g. a frozen install): no comments
+        return {}
+    names, comments, above = {f.name for f in dataclasses.fields(cls)}, {}, []
+    for line in lines[1:]:
+        if line.strip().startswith("#"):
+            above.append(line.strip().lstrip("#").strip())
+            continue
+        code, _, inline = line.partition("  # ")
+        name = code.strip().split(":", 1)[0]
+        if name in names and ":" in code:
+            comments[name] = inline.strip() or " ".join(above)
+        above = []
+    return {name: text for name, text in comments.items() if text}
+
+
+def commented_yaml(cfg: Config) -> str:
+    """The config as YAML, one line per key with its comment from the source; loadable as a --config preset."""
+    values = config_to_dict(cfg)
+    lines = []
+    for section in dataclasses.fields(cfg):
+        block = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(block):
+            lines.append(yaml.safe_dump({section.name: values[section.name]}).rstrip())
+            continue
+        lines.append(f"{section.name}:")
+        notes = field_comments(type(block))
+        for key, value in values[section.name].items():
+            if isinstance(value, list | tuple):  # one line: [16, 32, 64]
+                text = f"{key}: {yaml.safe_dump(list(value), default_flow_style=True, width=10_000).strip()}"
+            else:
+                text = yaml.safe_dump({key: value}, width=10_000).strip()
+            lines.append(f"  {text}" + (f"  # {notes[key]}" if key in notes else ""))
+    return "\n".join(lines) + "\n"

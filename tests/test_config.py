@@ -98,3 +98,17 @@ def test_automatic_granularity_needs_a_size_that_fits_every_trial():
     build_config("daad", None, ["model.granularity=auto", "data.image_size=96"])
     with pytest.raises(ConfigError, match="data.image_size=80 does not fit daad as configured: use a multiple of 32"):
         build_config("daad", None, ["model.granularity=auto", "data.image_size=80"])  # scale 16: blocks (16, 8, 4)
+
+
+@pytest.mark.parametrize("method", list(MODELS))
+def test_config_command_prints_every_key_with_its_comment_and_loads_back_as_a_preset(method, tmp_path, capsys):
+    from defectmap.cli import main
+
+    assert main(["config", "--model", method]) == 0
+    text = capsys.readouterr().out
+    assert "  image_size: 256  # model input is image_size x image_size\n" in text  # the comment on the field's line
+    assert "  anomalies: 0  # Few-shot protocol (models that learn from anomalies" in text  # the block above it
+    assert "  category: ''\n" in text  # no comment, none made up
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(text)
+    assert config_to_dict(build_config(None, str(preset), [])) == config_to_dict(resolve_config({}, method))
