@@ -19,42 +19,42 @@ from defectmap.models.hee import PostprocessConfig
 @dataclass
 class DataConfig:
     root: str = ""  # dataset root; for `mvtec` the folder that holds <category>/
-    category: str = ""
+    category: str = ""  # the category folder under root (MVTec layout)
     format: str = "auto"  # auto | mvtec | mpdd | folder | visa | btad | ksdd2 | dagm | mt (Magnetic Tile release)
     image_size: int = 256  # model input is image_size x image_size
     val_fraction: float = 0.1  # share of train/good held out as normal validation images
-    split_seed: int = 0
+    split_seed: int = 0  # seed of the validation split; runs with other train.seed keep the same split
     cache: bool = True  # keep preprocessed training images in memory
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes that decode images (0: in the main process)
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
     tile: int = 0  # test/predict: score overlapping tile x tile windows of the original image (0: whole image)
     tile_overlap: int = 32  # pixels shared by neighbouring tiles
     # Few-shot protocol (models that learn from anomalies, e.g. prn): k real anomalies drawn from the test
     # split with anomaly_seed, used for training and removed from evaluation.
     anomalies: int = 0
-    anomaly_seed: int = 0
+    anomaly_seed: int = 0  # which k anomalies are drawn (the benchmark sets it to the run's seed)
     # uniform: any k defective images; per_type: as even a share of every defect type (folder) as k allows
     anomaly_sampling: str = "uniform"
     texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
     foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks
     good_dir: str = ""
-    test_good_dir: str = ""
-    defect_dir: str = ""
-    mask_dir: str = ""
+    test_good_dir: str = ""  # good test images (optional)
+    defect_dir: str = ""  # defective test images (optional)
+    mask_dir: str = ""  # their masks, paired by name: <stem>_mask, <stem>, <stem>_GT (optional; else image metrics)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
+    epochs: int = 50  # at most; early stopping may end sooner (patience)
+    batch_size: int = 16  # training images per step
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    seed: int = 0  # initialisation, image order and synthetic anomalies
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
     max_minutes: float = 0.0  # wall-clock budget for training; 0 means none
-    eval_batch_size: int = 16
+    eval_batch_size: int = 16  # images per batch in validation, test and predict
     false_reject_rate: float = 0.01  # share of held-out good images above the threshold
     checkpoint_every: int = 200  # steps between training-state saves to last.ckpt (also saved every epoch)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns, slower on GPU

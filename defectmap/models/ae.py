@@ -29,8 +29,8 @@ class AEConfig:
     # error=features: squared distance of frozen ImageNet features of the image and its reconstruction, at these
     # backbone levels (0-3: strides 4, 8, 16, 32); weights from feature_weights, else the package / hub file.
     feature_backbone: str = "efficientnet_lite0"
-    feature_levels: tuple[int, ...] = (0, 1, 2)
-    feature_weights: str = ""
+    feature_levels: tuple[int, ...] = (0, 1, 2)  # error=features: backbone levels summed into the map
+    feature_weights: str = ""  # error=features: a local weights file; empty: the package / hub file
     smoothing_sigma: float = 4.0  # Gaussian sigma of the map, in model pixels
 
 

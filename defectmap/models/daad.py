@@ -51,7 +51,7 @@ class DAADConfig:
     # manual: block_sizes as given | auto: short runs per auto_scales, the best on synthetic anomalies in
     # the validation normals wins (defectmap/granularity.py); the run then records "auto:<scale>".
     granularity: str = "manual"
-    auto_scales: tuple[int, ...] = (1, 2, 4, 8, 16)
+    auto_scales: tuple[int, ...] = (1, 2, 4, 8, 16)  # granularity=auto: block scales tried
     auto_epochs: int = 5  # epochs of each trial run
     memory_items: tuple[int, ...] = (256, 256, 256)  # memory size per memory level
     temperature: float = 0.1  # of the cosine addressing softmax
@@ -60,16 +60,16 @@ class DAADConfig:
     adversarial: bool = True  # DAAD+ (discriminator, adversarial and feature-matching losses); false = DAAD
     adversarial_weight: float = 0.01  # non-saturating BCE generator loss
     feature_matching_weight: float = 1.0  # ||f_D(x) - f_D(x_hat)||^2 on the discriminator's latent features
-    discriminator_channels: tuple[int, ...] = (32, 64, 128, 256)
+    discriminator_channels: tuple[int, ...] = (32, 64, 128, 256)  # one stride-2 stage each (DAAD+)
     latent_weight: float = 0.5  # share of the normalised latent distance in the image score (DAAD+)
     # synthetic: after training, latent_weight becomes the value of fusion_weights with the best image AUROC
     # on the validation normals with synthetic anomalies (the checkpoint records it) | fixed: as given.
     fusion: str = "synthetic"
-    fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # fusion=synthetic: latent shares tried
     error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM) | features, as the AE's
     feature_backbone: str = "efficientnet_lite0"  # error=features: as the AE's
-    feature_levels: tuple[int, ...] = (0, 1, 2)
-    feature_weights: str = ""
+    feature_levels: tuple[int, ...] = (0, 1, 2)  # error=features: as the AE's
+    feature_weights: str = ""  # error=features: as the AE's
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
 
 

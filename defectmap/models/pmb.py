@@ -42,12 +42,12 @@ class PMBConfig:
     grid: int = 4  # G x G partitions per memory level, one memory each
     query_kernel: int = 3  # k x k convolution forming context-keeping queries
     memory_items: int = 64  # items per partition memory
-    temperature: float = 0.1
-    entropy_weight: float = 2e-4
+    temperature: float = 0.1  # of the cosine addressing softmax
+    entropy_weight: float = 2e-4  # MemAE's sparse-addressing term
     error: str = "l2"  # pixel map: l2 (squared error, channel mean) | ssim (1 - SSIM) | features, as the AE's
     feature_backbone: str = "efficientnet_lite0"  # error=features: as the AE's
-    feature_levels: tuple[int, ...] = (0, 1, 2)
-    feature_weights: str = ""
+    feature_levels: tuple[int, ...] = (0, 1, 2)  # error=features: as the AE's
+    feature_weights: str = ""  # error=features: as the AE's
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
 
 

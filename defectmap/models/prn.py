@@ -43,15 +43,15 @@ class PRNConfig:
     pretrained: bool = True  # load ImageNet weights before fitting prototypes (False: random init, tests)
     weights: str = ""  # local weights file; empty: the package file (lite0) or the torch hub cache (ResNets)
     max_prototypes: int = 64  # per level; 10% of the training images when that is fewer
-    prototype_fraction: float = 0.1
-    kmeans_iterations: int = 25
+    prototype_fraction: float = 0.1  # prototypes per level = this share of the training images, at most max
+    kmeans_iterations: int = 25  # of the k-means that fits the prototypes
     width: int = 64  # channels of every fused level
     window_divisions: tuple[int, ...] = (1, 2, 4, 8)  # attention windows of size H/d for each d (multi-size)
     max_window: int = 16  # window side cap in positions: attention cost stays linear in the map size
     attention_layers: int = 2  # per level (the reference uses 3)
-    decoder_channels: tuple[int, ...] = (64, 48, 32, 16)
-    focal_weight: float = 5.0
-    focal_gamma: float = 4.0
+    decoder_channels: tuple[int, ...] = (64, 48, 32, 16)  # U-Net decoder stages, deepest first
+    focal_weight: float = 5.0  # loss = SmoothL1 + focal_weight * focal loss
+    focal_gamma: float = 4.0  # the focal loss's gamma
     top_k: int = 100  # image score: mean of the top-k pixel probabilities of a top_k_size^2 map
     # The reference's top-100 is for 256^2 inputs; k scales with the map's area so the score averages the
     # same share of the image at any data.image_size (25 pixels at 128^2).
@@ -59,7 +59,7 @@ class PRNConfig:
     smoothing_sigma: float = 2.0  # Gaussian sigma of the output map, in model pixels (0: none)
     # Training mix (ref): share of normal images, of real + "extended" anomalies (k > 0), rest synthetic.
     normal_share: float = 0.5
-    real_share: float = 0.25
+    real_share: float = 0.25  # share of real + extended anomalies per epoch (k > 0; 0: none)
     # Of the real-anomaly draws, the share that shows a real image as it is (mirrored half the time); the
     # rest are "extended": its defect, jointly augmented with its mask, pasted onto a normal foreground.
     real_copy_share: float = 0.5
@@ -69,7 +69,7 @@ class PRNConfig:
     # Whether a real image shown as itself also trains its unmarked pixels as normal (the reference: yes). False
     # (ours) counts only its marked pixels in the loss: a real defect's mask may leave out other defect-like marks.
     real_negatives: bool = True
-    synthetic_kinds: tuple[str, ...] = ("perlin", "cutpaste", "scar")
+    synthetic_kinds: tuple[str, ...] = ("perlin", "cutpaste", "scar")  # one drawn at random per synthetic anomaly
     beta_max: float = 0.8  # texture blending factor beta ~ U[0, beta_max)
 
 
