@@ -19,6 +19,9 @@ from defectmap.errors import DataError
 from defectmap.threshold import normalise
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
+# zlib level of the PNGs predict and the service write. Against PIL's default 6 on Magnetic Tile: overlays encode
+# 3.6x faster for 6% more bytes, maps 1.8x faster for 49% more (7 KB each); bench/png_level.py.
+PNG_LEVEL = 1
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[tuple[Sample, str]]:
@@ -47,10 +50,14 @@ def collect_images(paths: Iterable[str | Path]) -> list[tuple[Sample, str]]:
     return unique
 
 
+def _save_png(pixels: np.ndarray, path: Path | io.BytesIO) -> None:
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=PNG_LEVEL)
+
+
 def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path | io.BytesIO) -> None:
     """8-bit grey map: the normal median is black, the calibrated pixel threshold mid-grey."""
     values = normalise(anomaly_map, calibration["map_median"], calibration["map_threshold"])
-    Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)).save(path, format="PNG")
+    _save_png(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), path)
 
 
 def defect_pixels(anomaly_map: np.ndarray, calibration: dict) -> np.ndarray:
@@ -68,7 +75,7 @@ def overlay_to_png(image: np.ndarray, defect: np.ndarray, path: Path) -> None:
     shown = image.copy()
     shown[defect] = 0.6 * shown[defect] + 0.4 * np.array([1.0, 0.0, 0.0])
     shown[outline(defect)] = [1.0, 0.0, 0.0]
-    Image.fromarray(np.round(shown * 255).astype(np.uint8)).save(path, format="PNG")
+    _save_png(np.round(shown * 255).astype(np.uint8), path)
 
 
 SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map", "mask"]
@@ -94,7 +101,7 @@ def _open_log(path: Path, header: list[str], resume: bool) -> tuple[io.TextIOWra
 
 def mask_to_png(defect: np.ndarray, path: Path) -> None:
     """Binary defect mask: white where a defect is predicted."""
-    Image.fromarray((defect * 255).astype(np.uint8)).save(path, format="PNG")
+    _save_png((defect * 255).astype(np.uint8), path)
 
 
 def predict_to_folder(

@@ -298,3 +298,33 @@ def test_paired_auroc_script_matches_images_by_path_and_bounds_the_difference(tm
     (tmp_path / "hard.json").write_text(json.dumps({"images": hard}))
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode != 0 and "differently" in result.stderr
+
+
+def test_png_level_script_times_both_levels_and_the_levels_keep_the_pixels(tiny_dataset, tmp_path, monkeypatch):
+    # bench/png_level.py: maps, masks and overlays of the same scored images at zlib levels 6 and 1.
+    from io import BytesIO
+
+    from defectmap import outputs
+    from tests.conftest import tiny_config
+
+    ckpt = training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
+    script = Path(__file__).resolve().parents[1] / "bench" / "png_level.py"
+    out = tmp_path / "png.json"
+    images = tiny_dataset / "tiny" / "test"
+    args = [sys.executable, str(script), str(ckpt), str(images), "--limit", "3", "--out", str(out)]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["images"] == 3 and list(figures["levels"]) == ["6", "1"]
+    for level in figures["levels"].values():
+        assert set(level) == {"map", "mask", "overlay"}
+        assert all(kind["ms_per_image"] > 0 and kind["bytes_per_image"] > 0 for kind in level.values())
+    # The level changes the bytes, never the pixels.
+    anomaly_map = np.random.default_rng(0).random((30, 40))
+    decoded = []
+    for level in (6, 1):
+        monkeypatch.setattr(outputs, "PNG_LEVEL", level)
+        buffer = BytesIO()
+        outputs.map_to_png(anomaly_map, {"map_median": 0.2, "map_threshold": 0.6}, buffer)
+        decoded.append(np.asarray(Image.open(buffer)))
+    assert np.array_equal(*decoded)
