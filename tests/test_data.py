@@ -84,6 +84,7 @@ def test_folder_format(tmp_path):
     data = open_category(cfg)
     assert len(data.train) == 3 and len(data.val) == 1 and data.has_masks
     assert data.test[0].mask_path.name == "x_mask.png"
+    assert data.test[0].defect == "bad"  # the defect folder's name is the type the per-type results show
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK", "LA"])

@@ -164,7 +164,7 @@ def open_folder(cfg: DataConfig) -> CategoryData:
                 mask = find_mask(Path(cfg.mask_dir), path.stem)
                 if mask is None:
                     raise DataError(f"no mask for {path} in {cfg.mask_dir}: expected {path.stem}_mask.png")
-            test.append(Sample(path, 1, "defect", mask))
+            test.append(Sample(path, 1, defect_dir.name, mask))  # the folder names the defect type, as in MVTec
     if not cfg.mask_dir:
         notes.append("no data.mask_dir: image-level metrics only")
     return CategoryData(
