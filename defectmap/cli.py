@@ -54,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         history = load_checkpoint(checkpoint)["history"]
         best = min(history, key=lambda epoch: epoch["val_loss"])
         minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
-        print(f"saved {checkpoint}: {len(history)} epochs in {minutes} min {seconds} s; the weights of epoch "
+        epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
+        print(f"saved {checkpoint}: {epochs} in {minutes} min {seconds} s; the weights of epoch "
               f"{best['epoch']}, the lowest validation loss ({best['val_loss']:.5g})")  # fmt: skip
         print(f"next: defectmap test {checkpoint}, or defectmap predict {checkpoint} IMAGES --out DIR")
     return None

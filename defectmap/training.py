@@ -167,7 +167,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if getattr(cfg.model, "granularity", None) == "auto":  # DAAD's block size, chosen on synthetic anomalies
         cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)
-    torch.use_deterministic_algorithms(cfg.train.deterministic)
+    if torch.are_deterministic_algorithms_enabled() != cfg.train.deterministic:  # setting it imports inductor (1 s)
+        torch.use_deterministic_algorithms(cfg.train.deterministic)
     device = distributed.local_device(rank, requested)
     model = build_model(cfg).to(device)  # before decoding images: a model's own config errors come first
     model.load_weights()  # and a missing weights file

@@ -51,3 +51,13 @@ def test_compiled_training_step_matches_eager(tiny_dataset, tmp_path):
     for k, v in plain.items():
         if v.is_floating_point():
             torch.testing.assert_close(compiled[k], v, atol=1e-4, rtol=1e-3)  # same maths, fused kernels
+
+
+def test_each_run_sets_deterministic_algorithms_as_its_config_says(tiny_dataset, tmp_path):
+    # Only changed when it differs (setting it imports torch's compiler, about a second), but always to the config's.
+    try:
+        for deterministic in (True, True, False, False):
+            training.fit(tiny_config("ae", tiny_dataset, deterministic=deterministic), tmp_path / "run", progress=False)
+            assert torch.are_deterministic_algorithms_enabled() is deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
