@@ -184,6 +184,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     outputs.write_metrics(report, out / "run")
     print(outputs.format_table(report))
     print(f"checkpoint and metrics.json in {out / 'run'}")
+    print(f"next, maps and outlined defects: defectmap predict {checkpoint} {root / 'fabric' / 'test'} --out "
+          f"{out / 'predictions'} --overlay")  # fmt: skip
 
 
 def cmd_synth(args: argparse.Namespace) -> None:

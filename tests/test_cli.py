@@ -253,3 +253,15 @@ def test_every_image_gets_its_own_output_name(tmp_path):
     # Folder contents are named by their path inside the folder; a clash gets the next free suffix, never another
     # file's own name (a_2.png keeps "a_2").
     assert names == {"x/a.png": "a", "y/a.png": "a_3", "y/sub/b.png": "sub__b", "a_2.png": "a_2", "a.jpg": "a_4"}
+
+
+def test_demo_trains_reports_and_its_suggested_predict_command_works(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet", "--set", "train.epochs=1", "--set", "data.image_size=32"]) == 0
+    said = capsys.readouterr().out
+    assert "ae on fabric: 75 test images (45 defective)" in said and (out / "run" / "metrics.json").is_file()
+    [line] = [line for line in said.splitlines() if line.startswith("next, maps and outlined defects: ")]
+    command = line.split(": ", 1)[1].split()
+    assert command[:2] == ["defectmap", "predict"]
+    assert main([*command[1:], "--quiet"]) == 0
+    assert len(list((out / "predictions" / "overlays").glob("*.png"))) == 75
