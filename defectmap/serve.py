@@ -127,11 +127,11 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None, executor
             result = await asyncio.wait_for(work, timeout=limits.timeout_s)
         except TimeoutError as exc:
             raise HTTPException(503, f"inference took longer than {limits.timeout_s} s; try again later") from exc
-        over = defect_pixels(result["map"], cal)
+        over, decided = defect_pixels(result["map"], cal), decide(cal, result["score"])
         response = {
             "score": result["score"],
-            **decide(cal, result["score"]),
-            "decision": "defect" if result["score"] > cal["threshold"] else "good",
+            **decided,
+            "decision": "defect" if decided["defective"] else "good",  # as predict's scores.csv says it
             "defect_area": float(over.mean()),  # share of pixels above the calibrated pixel threshold
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
