@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -338,8 +339,14 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: one line in the style of its errors, not Python's file:line and source."""
+    return f"defectmap: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    python_format, warnings.formatwarning = warnings.formatwarning, _one_line  # restored below
     try:
         code = args.handler(args)
         if code:
@@ -354,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"defectmap: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = python_format
     return 0
 
 

@@ -4,6 +4,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def _normal_batches(train_set: ImageDataset, batch_size: int, device, progress: 
 
 def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tuple[ImageDataset, ImageDataset]:
     data = cfg.data
+    if not category.val:
+        warnings.warn("no validation images (data.val_fraction is 0, or there is one good training image): early "
+                      "stopping and the threshold use the training images, which the model fits best, so more good "
+                      "parts than train.false_reject_rate will be rejected; hold some out with data.val_fraction",
+                      stacklevel=3)  # fmt: skip
     train_set = ImageDataset(category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels)
     val_set = ImageDataset(
         category.val or category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels

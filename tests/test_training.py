@@ -61,3 +61,10 @@ def test_each_run_sets_deterministic_algorithms_as_its_config_says(tiny_dataset,
             assert torch.are_deterministic_algorithms_enabled() is deterministic
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_training_without_validation_images_warns_that_the_threshold_comes_from_training_images(tiny_dataset, tmp_path):
+    cfg = tiny_config("ae", tiny_dataset)
+    apply_overrides(cfg, {"data": {"val_fraction": 0.0}})
+    with pytest.warns(UserWarning, match="no validation images .* hold some out with data.val_fraction"):
+        training.fit(cfg, tmp_path / "run", progress=False)
