@@ -328,3 +328,19 @@ def test_png_level_script_times_both_levels_and_the_levels_keep_the_pixels(tiny_
         outputs.map_to_png(anomaly_map, {"map_median": 0.2, "map_threshold": 0.6}, buffer)
         decoded.append(np.asarray(Image.open(buffer)))
     assert np.array_equal(*decoded)
+
+
+def test_criteria_script_reproduces_the_stored_comparison(tmp_path):
+    # bench/criteria.py pairs stored three-seed results; #5's row must equal bench/compare.py's stored figures.
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    out = tmp_path / "criteria.json"
+    result = subprocess.run([sys.executable, str(bench / "criteria.py"), "--out", str(out)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = json.loads(out.read_text())
+    assert [row["issue"] for row in table] == ["#3"] * 4 + ["#4", "#5"]
+    stored = json.loads((bench / "results" / "benchmark_mt_prn256_pertype" / "comparison.json").read_text())
+    expected = stored["differences_points"]["prn_k10_synthetic_half - prn_k0"]
+    for metric, difference in table[-1]["differences_points"].items():
+        assert {k: v for k, v in difference.items() if k != "std"} == expected[metric]
+    assert result.stdout.count("\n") == 2 + len(table)  # header, rule, one row each
