@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from defectmap import comparison, engine, training
-from defectmap.checkpoint import atomic_write
+from defectmap.checkpoint import atomic_write, versions
 from defectmap.config import build_config, load_preset
 from defectmap.data.mvtec import category_folders, open_category
 from defectmap.errors import ConfigError, DataError
@@ -137,7 +137,8 @@ def markdown(rows: list[dict], comparisons: list[dict] = ()) -> str:
     return "\n".join(lines)
 
 
-def write_tables(runs: list[dict], out_path: Path, sets: list[str]) -> list[dict]:
+def write_tables(runs: list[dict], out_path: Path, call: dict) -> list[dict]:
+    """runs.csv, results.json (with `call`, the benchmark's arguments, and the library versions) and results.md."""
     rows = summarise(runs)
     per_run = io.StringIO()
     writer = csv.DictWriter(per_run, ["category", "model", "seed", *COLUMNS], extrasaction="ignore")
@@ -145,7 +146,8 @@ def write_tables(runs: list[dict], out_path: Path, sets: list[str]) -> list[dict
     writer.writerows({**run, "model": run["variant"]} for run in runs)
     atomic_write(out_path / "runs.csv", lambda tmp: tmp.write_text(per_run.getvalue()))
     against = comparison.against_reference(runs)
-    summary = json.dumps({"rows": rows, "against_first": against, "runs": runs, "sets": sets}, indent=2)
+    summary = json.dumps({"rows": rows, "against_first": against, "runs": runs, "sets": call["sets"], "call": call,
+                          "versions": versions()}, indent=2)  # fmt: skip
     atomic_write(out_path / "results.json", lambda tmp: tmp.write_text(summary))
     atomic_write(out_path / "results.md", lambda tmp: tmp.write_text(markdown(rows, against)))
     return rows
@@ -163,10 +165,11 @@ def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str,
     root_path, out_path = Path(root), Path(out)
     specs = parse_models(models)
     grid = [(c, m, s) for c in list_categories(root_path, categories) for s in range(seeds) for m in specs]
+    call = {"models": models, "data": str(root), "categories": categories, "seeds": seeds, "sets": list(sets)}
     runs, rows = [], []
     for category, spec, seed in tqdm(grid, desc="benchmark", disable=bars_off(progress)):
         run_dir = out_path / category / spec[0] / f"seed{seed}"
         report = run_one(spec, root_path, category, seed, sets, run_dir, progress)
         runs.append({k: v for k, v in report.items() if k != "images"})
-        rows = write_tables(runs, out_path, sets)
+        rows = write_tables(runs, out_path, call)
     return rows

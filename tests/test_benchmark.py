@@ -31,6 +31,10 @@ def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, c
     results = json.loads((out / "results.json").read_text())
     [row] = results["rows"]
     assert row["category"] == "tiny" and row["model"] == "ae" and row["seeds"] == 2
+    call = results["call"]  # what produced the tables, and with which versions
+    assert (call["models"], call["data"], call["categories"], call["seeds"]) == ("ae", str(tiny_dataset), "all", 2)
+    assert call["sets"] == [a for a in args[args.index("--quiet") + 1 :] if a != "--set"]
+    assert results["versions"]["torch"] and results["versions"]["defectmap"]
     assert 0 <= row["image_auroc"] <= 1 and row["train_seconds"] > 0 and row["inference_images_per_s"] > 0
     assert (out / "runs.csv").read_text().count("\n") == 3
     assert "| ae | 2 |" in (out / "results.md").read_text() and "### tiny" in capsys.readouterr().out
