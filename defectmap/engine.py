@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from defectmap import metrics
-from defectmap.checkpoint import EXPORT_SUFFIXES, load_checkpoint
+from defectmap.checkpoint import EXPORT_SUFFIXES, load_checkpoint, versions
 from defectmap.config import Config, check_rate, resolve_config
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
@@ -241,6 +241,10 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "inference_images_per_s": len(labels) / max(outputs["seconds"], 1e-9),
         "notes": list(category.notes),
         "model": dataclasses.asdict(detector.config.model),  # e.g. which backbone, and whether pretrained
+        "image_size": detector.config.data.image_size,
+        "postprocess": dataclasses.asdict(detector.config.postprocess),
+        "device": str(detector.device),
+        "versions": versions(),  # of this evaluation; the checkpoint keeps those it was trained with
         "training_anomalies": category.anomaly_record(),
         "defect_types": metrics.per_defect_type(labels, scores, [s.defect for s in category.test], threshold),
         "images": [

@@ -67,6 +67,9 @@ def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
     for name in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max"):
         assert isinstance(report[name], float) and 0.0 <= report[name] <= 1.0, name
     assert report["test_images"] == 7 and report["defective_images"] == 4
+    # How the figures were made: input size, error-map filters, device and library versions.
+    assert report["image_size"] == 32 and report["postprocess"]["hee"] is False and report["device"] == "cpu"
+    assert report["versions"]["torch"] and report["versions"]["defectmap"]
     types = report["defect_types"]  # the breakdown adds up to the totals
     assert types and sum(t["images"] for t in types.values()) == report["defective_images"]
     assert sum(t["missed"] for t in types.values()) == report["defects_missed"]
