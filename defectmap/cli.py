@@ -37,6 +37,11 @@ def _without_devices(argv: list[str]) -> list[str]:
     return kept
 
 
+def _program() -> str:
+    """How this command was called, for the next commands it suggests: `.venv/bin/defectmap` after `make demo`."""
+    return sys.argv[0] if Path(sys.argv[0]).name == "defectmap" else "defectmap"
+
+
 def cmd_train(args: argparse.Namespace) -> int | None:
     held = [name for name in ("model.ckpt", "last.ckpt") if (Path(args.out) / name).exists()]
     if held and not (args.resume or args.overwrite or "WORLD_SIZE" in os.environ):  # torchrun's processes: checked
@@ -58,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
         print(f"saved {checkpoint}: {epochs} in {minutes} min {seconds} s; the weights of epoch "
               f"{best['epoch']}, the lowest validation loss ({best['val_loss']:.5g})")  # fmt: skip
-        print(f"next: defectmap test {checkpoint}, or defectmap predict {checkpoint} IMAGES --out DIR")
+        print(f"next: {_program()} test {checkpoint}, or {_program()} predict {checkpoint} IMAGES --out DIR")
     return None
 
 
@@ -185,7 +190,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     outputs.write_metrics(report, out / "run")
     print(outputs.format_table(report))
     print(f"checkpoint and metrics.json in {out / 'run'}")
-    print(f"next, maps and outlined defects: defectmap predict {checkpoint} {root / 'fabric' / 'test'} --out "
+    print(f"next, maps and outlined defects: {_program()} predict {checkpoint} {root / 'fabric' / 'test'} --out "
           f"{out / 'predictions'} --overlay")  # fmt: skip
 
 

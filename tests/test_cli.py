@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -268,3 +269,11 @@ def test_demo_trains_reports_and_its_suggested_predict_command_works(tmp_path, c
     assert command[:2] == ["defectmap", "predict"]
     assert main([*command[1:], "--quiet"]) == 0
     assert len(list((out / "predictions" / "overlays").glob("*.png"))) == 75
+
+
+@pytest.mark.parametrize(("argv0", "shown"), [(".venv/bin/defectmap", ".venv/bin/defectmap"), ("pytest", "defectmap")])
+def test_suggested_commands_name_the_program_as_it_was_called(monkeypatch, argv0, shown):
+    from defectmap import cli
+
+    monkeypatch.setattr(sys, "argv", [argv0, "demo"])  # `make demo` runs .venv/bin/defectmap, not on PATH
+    assert cli._program() == shown
