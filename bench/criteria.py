@@ -15,17 +15,15 @@ from pathlib import Path
 
 from compare import read_holdout  # bench/ is the script's folder, so on sys.path
 
-from defectmap.comparison import METRICS, pair_difference
+from defectmap.comparison import METRICS, pair_difference, rows_by_category
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def benchmark_rows(folder: str) -> dict[str, dict[int, dict[str, float]]]:
-    """{variant: {seed: {metric: value}}} from a benchmark's results.json."""
-    rows: dict[str, dict[int, dict[str, float]]] = {}
-    for run in json.loads((RESULTS / folder / "results.json").read_text())["runs"]:
-        rows.setdefault(run["variant"], {})[int(run["seed"])] = {m: run[m] for m in METRICS if run.get(m) is not None}
-    return rows
+    """{variant: {seed: {metric: value}}} from a Magnetic Tile benchmark's results.json."""
+    runs = json.loads((RESULTS / folder / "results.json").read_text())["runs"]
+    return rows_by_category(runs)["magnetic_tile"]
 
 
 def granularity_rows(folder: str) -> dict[str, dict[int, dict[str, float]]]:

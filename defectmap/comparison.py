@@ -39,18 +39,20 @@ def pair_difference(a: Row, b: Row, metric: str) -> dict:
     }
 
 
-def against_reference(runs: list[dict]) -> list[dict]:
-    """Per category, every model after the first (in run order) against the first, on each metric.
-
-    `runs` are benchmark runs ({"category", "variant", "seed", metric: value}); metrics a run lacks (pixel metrics
-    without masks) are left out.
-    """
+def rows_by_category(runs: list[dict]) -> dict[str, dict[str, Row]]:
+    """{category: {model: {seed: {metric: value}}}} from benchmark runs ({"category", "variant", "seed", metric:
+    value}), models in run order; metrics a run lacks (pixel metrics without masks) are left out."""
     by_category: dict[str, dict[str, Row]] = {}
     for run in runs:
         values = {m: run[m] for m in METRICS if run.get(m) is not None}
         by_category.setdefault(run["category"], {}).setdefault(run["variant"], {})[int(run["seed"])] = values
+    return by_category
+
+
+def against_reference(runs: list[dict]) -> list[dict]:
+    """Per category, every model after the first (in run order) against the first, on each metric they all have."""
     comparisons = []
-    for category, rows in by_category.items():
+    for category, rows in rows_by_category(runs).items():
         reference, *others = rows
         for model in others:
             shared = sorted(set(rows[model]) & set(rows[reference]))
