@@ -6,6 +6,7 @@ Errors the user can fix are printed as one line on stderr with exit code 2, neve
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -57,7 +58,9 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         return distributed.launch(args.devices, _without_devices(sys.argv[1:]), device)
     checkpoint = training.fit(cfg, args.out, progress=not args.quiet, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        history = load_checkpoint(checkpoint)["history"]
+        history = json.loads(
+            (Path(args.out) / "history.json").read_text()
+        )  # what the checkpoint holds, without its weights
         best = min(history, key=lambda epoch: epoch["val_loss"])
         minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
         epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"

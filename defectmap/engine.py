@@ -127,10 +127,13 @@ def _infer_tiled(model: AnomalyModel, dataset: ImageDataset, batch_size: int, de
 
 
 def decide(calibration: dict, score: float) -> dict:
-    """Normalised score (validation median -> 0, threshold -> 0.5) and the pass/fail decision."""
+    """Normalised score (validation median -> 0, threshold -> 0.5) and the pass/fail decision, as a flag and as the
+    word scores.csv and the service write."""
+    defective = score > calibration["threshold"]
     return {
         "normalised_score": float(normalise(score, calibration["score_median"], calibration["threshold"])),
-        "defective": score > calibration["threshold"],
+        "defective": defective,
+        "decision": "defect" if defective else "good",
     }
 
 

@@ -153,8 +153,7 @@ def predict_to_folder(
             if overlays:
                 image = load_image(row["path"], detector.config.data.max_pixels)
                 overlay_to_png(image, defect, out_dir / "overlays" / map_name)
-            decision = "defect" if row["defective"] else "good"
-            scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", decision,
+            scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", row["decision"],
                              f"maps/{map_name}", f"masks/{map_name}"])  # fmt: skip
             scores_file.flush()
             scored += 1

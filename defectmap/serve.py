@@ -127,11 +127,10 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None, executor
             result = await asyncio.wait_for(work, timeout=limits.timeout_s)
         except TimeoutError as exc:
             raise HTTPException(503, f"inference took longer than {limits.timeout_s} s; try again later") from exc
-        over, decided = defect_pixels(result["map"], cal), decide(cal, result["score"])
+        over = defect_pixels(result["map"], cal)
         response = {
             "score": result["score"],
-            **decided,
-            "decision": "defect" if decided["defective"] else "good",  # as predict's scores.csv says it
+            **decide(cal, result["score"]),  # normalised_score, defective, decision: as predict's
             "defect_area": float(over.mean()),  # share of pixels above the calibrated pixel threshold
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),

@@ -89,7 +89,8 @@ def test_predict_matches_the_library(service, tmp_path):
     [by_path] = engine.predict(detector, [str(tmp_path / "x.png")], progress=False)  # a plain path works too
     assert by_path["score"] == row["score"] and by_path["path"] == tmp_path / "x.png"
     assert body["score"] == pytest.approx(row["score"], abs=1e-7)
-    assert body["defective"] == row["defective"] and body["decision"] in ("good", "defect")
+    assert body["defective"] == row["defective"] and body["decision"] == row["decision"]
+    assert row["decision"] == ("defect" if row["defective"] else "good")  # one rule: engine.decide
     assert (body["width"], body["height"]) == (60, 60) and 0.0 <= body["defect_area"] <= 1.0
     assert Image.open(io.BytesIO(base64.b64decode(body["map_png"]))).size == (60, 60)
     status, body2 = call(f"{url}/predict", *multipart(data))
