@@ -50,6 +50,9 @@ class TrainConfig:
     batch_size: int = 16  # training images per step
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
+    # Exponential moving average of the weights, per optimizer step: validated, kept and saved instead of the
+    # last step's weights. 0 turns it off; 0.995 averages over about the last 200 steps.
+    ema_decay: float = 0.0
     seed: int = 0  # initialisation, image order and synthetic anomalies
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
@@ -210,6 +213,8 @@ def check_values(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value < low:
             raise ConfigError(f"{key} must be at least {low}, got {value}")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0 turns averaging off), got {cfg.train.ema_decay}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be above 0, got {cfg.train.lr}")
     check_rate("train.false_reject_rate", cfg.train.false_reject_rate)

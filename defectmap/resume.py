@@ -31,6 +31,8 @@ class TrainState:
     seconds: float = 0.0  # training time so far, across resumptions
     history: list[dict] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
+    average: dict[str, torch.Tensor] | None = None  # train.ema_decay: the averaged weights
+    average_updates: int = 0
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -40,7 +42,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def save_training_state(path: Path, cfg: Config, model: torch.nn.Module, optimizers: dict, state: TrainState) -> None:
-    scalars = {k: v for k, v in asdict(state).items() if k != "best_state"}
+    scalars = {k: v for k, v in asdict(state).items() if k not in ("best_state", "average")}
     payload = {
         "format": STATE_FORMAT,
         "format_version": 1,
@@ -49,6 +51,7 @@ def save_training_state(path: Path, cfg: Config, model: torch.nn.Module, optimiz
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "state": scalars,
         "best_state": state.best_state,
+        "average": state.average,
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -74,7 +77,7 @@ def restore_training_state(saved: dict, model: torch.nn.Module, optimizers: dict
     if saved["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
     random.setstate(saved["rng"]["python"])
-    return TrainState(**saved["state"], best_state=saved["best_state"])
+    return TrainState(**saved["state"], best_state=saved["best_state"], average=saved.get("average"))
 
 
 class StopSignals:

@@ -5,6 +5,7 @@ import json
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from defectmap import distributed
+from defectmap.averaging import WeightAverage
 from defectmap.checkpoint import atomic_write, save_checkpoint
 from defectmap.config import Config, config_to_dict, resolve_config
 from defectmap.data.dataset import AnomalyMixDataset, ImageDataset, load_foregrounds, synthetic_probe
@@ -203,6 +205,10 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     state = TrainState()
     if resume:
         state = restore_training_state(saved, model, optimizers)
+    average = None
+    if cfg.train.ema_decay:
+        average = WeightAverage(model, cfg.train.ema_decay, state.average, state.average_updates)
+        state.average = average.state  # saved with the training state, updated in place
     start = time.perf_counter() - state.seconds
     with StopSignals() as signals:
         for epoch in range(state.epoch, cfg.train.epochs):
@@ -231,6 +237,9 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                     scaler.step(optimizer) if scaler else optimizer.step()
                 if scaler:
                     scaler.update()
+                if average:
+                    average.update(model)
+                    state.average_updates = average.updates
                 state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
                 seen += len(batch["image"])
                 # Reading the loss waits for the device: on CUDA only every 10th step, so the GPU runs ahead.
@@ -253,9 +262,13 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                         f"stopped by {signals.received} at step {state.global_step}; state saved to "
                         f"{out / 'last.ckpt'}: continue with `defectmap train --out {out} --resume`"
                     )
-            val_loss = _validation_loss(model, val_loss_loader, device)
-            if not math.isfinite(val_loss):
-                raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
+            with average.applied(model) if average else nullcontext():  # the weights that would be kept
+                val_loss = _validation_loss(model, val_loss_loader, device)
+                if not math.isfinite(val_loss):
+                    raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
+                improved = val_loss < state.best_loss
+                if improved:
+                    state.best_loss, state.best_state = val_loss, copy.deepcopy(model.state_dict())
             state.history.append(
                 {
                     "epoch": epoch + 1,
@@ -266,10 +279,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
             )
             if progress:
                 tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}  val loss {val_loss:.5g}")
-            if val_loss < state.best_loss:
-                state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
-            else:
-                state.stale += 1
+            state.stale = 0 if improved else state.stale + 1
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.seconds = time.perf_counter() - start
             if write:
