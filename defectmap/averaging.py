@@ -22,7 +22,7 @@ class WeightAverage:
         else:  # from last.ckpt, which loads on the CPU
             self.state = {k: state[k].to(v.device) for k, v in live.items()}
         self._floats = [k for k, v in live.items() if v.is_floating_point()]
-        self._others = [k for k in live if k not in set(self._floats)]
+        self._others = [k for k, v in live.items() if not v.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
