@@ -187,7 +187,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     fit_set, val_loss_set = _training_sets(cfg, category, model, train_set, val_set)
     # With real anomalies, fit_set is an AnomalyMixDataset (models without an anomaly mix refuse them).
     unmarked = len(category.anomalies) - len(fit_set.real_indices) if category.anomalies else 0
-    if unmarked and progress and rank == 0:
+    if unmarked and fit_set.mix.real_share > 0 and progress:  # with real_share 0 none is trained on anyway
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)

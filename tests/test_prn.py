@@ -242,6 +242,9 @@ def test_training_reports_real_anomalies_whose_mask_marks_nothing(tiny_dataset, 
     captured = capsys.readouterr()
     assert "1 of the 4 real anomalies mark no pixel: not trained on" in captured.out
     assert "fitting to the training normals" in terminal.getvalue()  # the prototype pass has a bar of its own
+    apply_overrides(cfg, {"model": {"real_share": 0.0}})  # k = 0 with a hold-out: trains on none, says nothing
+    training.fit(cfg, tmp_path / "k0", progress=True)
+    assert "mark no pixel" not in capsys.readouterr().out
 
 
 def test_real_anomalies_are_refused_for_models_that_learn_from_normal_images(tiny_dataset, tmp_path):
