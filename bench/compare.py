@@ -1,8 +1,9 @@
 """Seed-by-seed differences between benchmark rows, and whether each clears two standard deviations.
 
-    python bench/compare.py runs/BENCH/runs.csv [--rows LABEL=holdout.json ...] --pairs A-B [A-B ...] --out F
+    python bench/compare.py [PREFIX=]runs/BENCH/runs.csv ... [--rows LABEL=holdout.json ...] --pairs A-B ... --out F
 
-Rows come from a benchmark's runs.csv (one row per model or variant) and from bench/holdout.py files
+Rows come from a benchmark's runs.csv (one row per model or variant; `PREFIX=runs.csv` labels them PREFIX + model, so
+two benchmarks of the same variants can be compared) and from bench/holdout.py files
 (`--rows prn_k0=holdout_k0.json`: each checkpoint's seed is its hold-out's `data.anomaly_seed`). A pair
 A-B compares A with B on every metric as `defectmap.comparison.pair_difference` does (the benchmark's own
 "against the first model" table uses it too): the difference per seed (seeds both rows have), its mean and std, and
@@ -20,12 +21,12 @@ import numpy as np
 from defectmap.comparison import METRICS, pair_difference
 
 
-def read_runs(path: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """{variant: {seed: {metric: value}}} from a benchmark's runs.csv."""
+def read_runs(path: Path, prefix: str = "") -> dict[str, dict[int, dict[str, float]]]:
+    """{prefix + variant: {seed: {metric: value}}} from a benchmark's runs.csv."""
     rows: dict[str, dict[int, dict[str, float]]] = {}
     with path.open() as handle:
         for run in csv.DictReader(handle):
-            rows.setdefault(run["model"], {})[int(run["seed"])] = {m: float(run[m]) for m in METRICS}
+            rows.setdefault(prefix + run["model"], {})[int(run["seed"])] = {m: float(run[m]) for m in METRICS}
     return rows
 
 
@@ -51,19 +52,22 @@ def compare(rows: dict[str, dict[int, dict[str, float]]], pairs: list[tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="benchmark runs.csv files")
+    parser.add_argument("runs", nargs="+", help="benchmark runs.csv files, each optionally PREFIX=runs.csv")
     parser.add_argument("--rows", nargs="*", default=[], metavar="LABEL=holdout.json")
     parser.add_argument("--pairs", nargs="+", required=True, metavar="A-B")
     parser.add_argument("--command", action="append", default=[], help="commands that made the rows, recorded")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     label_paths = [spec.partition("=")[::2] for spec in args.rows]
-    missing = [str(p) for p in [*args.runs, *(Path(path) for _, path in label_paths)] if not p.is_file()]
+    run_files = [(spec.partition("=")[0], Path(spec.partition("=")[2])) if "=" in spec else ("", Path(spec))
+                 for spec in args.runs]  # fmt: skip
+    missing = [str(p) for p in [*(path for _, path in run_files), *(Path(path) for _, path in label_paths)]
+               if not p.is_file()]  # fmt: skip
     if missing or not all(label for label, _ in label_paths):
         parser.error(f"no such file: {', '.join(missing)}" if missing else "--rows takes LABEL=holdout.json")
     rows: dict[str, dict[int, dict[str, float]]] = {}
-    for path in args.runs:
-        rows.update(read_runs(path))
+    for prefix, path in run_files:
+        rows.update(read_runs(path, prefix))
     for label, path in label_paths:
         rows[label] = read_holdout(Path(path))
     pairs = []

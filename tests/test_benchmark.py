@@ -207,6 +207,11 @@ def test_compare_script_pairs_seeds_and_applies_the_two_std_bar(tmp_path):
     assert not diff["aupro"]["more_than_two_std"]  # behind
     bad = subprocess.run([*args[:5], "--pairs", "k-10-k1", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "k-10-k1" in bad.stderr
+    # PREFIX=runs.csv: the same variant from two benchmarks, told apart
+    args = [sys.executable, str(script), f"new_={runs}", str(runs), "--pairs", "new_k-10-k-10", "--out", str(out)]
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    diff = json.loads(out.read_text())["differences_points"]["new_k-10 - k-10"]
+    assert diff["image_auroc"]["per_seed"] == [0.0, 0.0, 0.0]
 
 
 def test_score_factors_script_gives_per_type_auroc_and_the_brightness_correlation(tmp_path):
