@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         best = min(history, key=lambda epoch: epoch["val_loss"])
         minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
         epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
-        print(f"saved {checkpoint}: {epochs} in {minutes} min {seconds} s; the weights of epoch "
+        weights = "averaged weights" if best.get("averaged_weights") else "weights"  # absent before train.ema_decay
+        print(f"saved {checkpoint}: {epochs} in {minutes} min {seconds} s; the {weights} of epoch "
               f"{best['epoch']}, the lowest validation loss ({best['val_loss']:.5g})")  # fmt: skip
         print(f"next: {_program()} test {checkpoint}, or {_program()} predict {checkpoint} IMAGES --out DIR")
     return None

@@ -274,6 +274,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                     "epoch": epoch + 1,
                     "train_loss": state.running,
                     "val_loss": val_loss,
+                    "averaged_weights": average is not None,  # val_loss is the average's (train.ema_decay)
                     "seconds": time.perf_counter() - start,
                 }
             )

@@ -7,12 +7,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from defectmap import engine, training
+from defectmap.cli import main
 from defectmap.averaging import WeightAverage
 from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
 from defectmap.errors import ConfigError
-from tests.conftest import tiny_config
+from tests.conftest import TINY_MODEL, tiny_config
 
 
 def small_model() -> torch.nn.Module:
@@ -63,6 +64,7 @@ def test_the_kept_weights_are_the_validated_average(tiny_dataset, tmp_path):
     checkpoint = training.fit(cfg, tmp_path / "ema", progress=False)
     history = json.loads((tmp_path / "ema" / "history.json").read_text())
     best = min(epoch["val_loss"] for epoch in history)
+    assert all(epoch["averaged_weights"] for epoch in history)
     assert validation_loss(checkpoint, cfg) == pytest.approx(best, rel=1e-5)
     plain = tiny_config("ae", tiny_dataset, epochs=3)
     apply_overrides(plain, {"train": {"patience": 0, "channels_last": False}})
@@ -75,3 +77,11 @@ def test_the_kept_weights_are_the_validated_average(tiny_dataset, tmp_path):
 def test_decay_out_of_range_is_a_config_error(decay):
     with pytest.raises(ConfigError, match=r"train.ema_decay must be in \[0, 1\)"):
         tiny_config("ae", ema_decay=decay)
+
+
+def test_train_says_it_kept_averaged_weights(tiny_dataset, tmp_path, capsys):
+    sets = ["data.image_size=32", "train.epochs=1", "train.ema_decay=0.9", "train.device=cpu",
+            f"model.channels={list(TINY_MODEL['ae']['channels'])}"]  # fmt: skip
+    args = ["train", "--model", "ae", "--data", str(tiny_dataset), "--category", "tiny", "--out", str(tmp_path / "r")]
+    assert main([*args, "--quiet", *(a for s in sets for a in ("--set", s))]) == 0
+    assert "; the averaged weights of epoch 1, the lowest validation loss" in capsys.readouterr().out
