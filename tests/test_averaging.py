@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from defectmap import engine, training
-from defectmap.cli import main
 from defectmap.averaging import WeightAverage
+from defectmap.cli import main
 from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
