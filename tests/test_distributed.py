@@ -14,7 +14,8 @@ TRAIN = ["--set", "data.image_size=32", "--set", "train.epochs=3", "--set", "tra
          "--set", "train.patience=0", "--set", "train.deterministic=true", "--set", "train.device=cpu",
          "--set", "data.val_fraction=0.25", "--quiet"]  # fmt: skip
 MODEL = {
-    "ae": ["--set", "model.channels=[8,16]", "--set", "model.latent_channels=4"],
+    "ae": ["--set", "model.channels=[8,16]", "--set", "model.latent_channels=4",
+           "--set", "train.ema_decay=0.5"],  # weight averaging: every rank averages the same all-reduced steps
     "daad": ["--set", "model.channels=[8,16,32]", "--set", "model.memory_levels=[0,1]",
              "--set", "model.block_sizes=[4,2]", "--set", "model.memory_items=[8,8]",
              "--set", "model.discriminator_channels=[8,16]"],
@@ -47,6 +48,7 @@ def test_two_processes_match_one(method, tiny_dataset, tmp_path):
     one = torch.load(tmp_path / "one" / "model.ckpt", weights_only=True)
     two = torch.load(tmp_path / "two" / "model.ckpt", weights_only=True)
     assert len(one["history"]) == len(two["history"]) == 3
+    assert all(epoch["averaged_weights"] == (method == "ae") for epoch in two["history"])
     assert_trained_alike(one["state_dict"], two["state_dict"], close=1e-4, far=2e-3)  # Adam's lr is 1e-3
 
 
