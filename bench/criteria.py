@@ -48,6 +48,7 @@ def criteria() -> list[dict]:
     ae_128 = benchmark_rows("granularity_mt128_3seeds")["ae"]  # 128², 15 epochs, patience 8, channels-last
     daad_plus = granularity_rows("granularity_daadplus_mt128")
     long60 = benchmark_rows("long60_mt_cpu128")
+    averaged = benchmark_rows("benchmark_mt_cpu128_ema")  # train.ema_decay=0.995
     hee = hee_rows("ablation_mt_cpu128/hee.json")
     prn = benchmark_rows("benchmark_mt_prn256_pertype")
     cases = [
@@ -56,6 +57,8 @@ def criteria() -> list[dict]:
         ("#3", "", ("image_auroc",), "DAAD+ at block scale 16 vs AE, same recipe", daad_plus["scale16"], ae_128),
         ("#3", "", ("image_auroc",), "DAAD+ at block scale 32 vs AE, same recipe", daad_plus["scale32"], ae_128),
         ("#3", "", ("image_auroc",), "DAAD+ vs AE, 128², 60 epochs, normalize + HEE", long60["daad"], long60["ae"]),
+        ("#3", "", ("image_auroc",), "DAAD+ vs AE, both with averaged weights, 128², 15 epochs", averaged["daad"],
+         averaged["ae"]),
         ("#4", "PMB + HEE beats the AE on image AUROC and AU-PRO", ("image_auroc", "aupro"),
          "PMB + HEE vs AE, 128², 15 epochs", hee["pmb+hee"], hee["ae"]),
         ("#5", "PRN k = 10 beats k = 0 on image AUROC, pixel AUROC and AU-PRO", ("image_auroc", "pixel_auroc", "aupro"),
