@@ -14,9 +14,9 @@ class WeightAverage:
     """Averages every floating-point tensor of a model's state dict (weights and BatchNorm statistics) after each
     optimizer step; integer buffers (step counters) are copied. `state` is what `last.ckpt` stores."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, state: dict | None = None, updates: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict | None = None) -> None:
         live = model.state_dict()
-        self.decay, self.updates = decay, updates
+        self.decay = decay
         if state is None:
             self.state = {k: v.detach().clone() for k, v in live.items()}
         else:  # from last.ckpt, which loads on the CPU
@@ -25,9 +25,9 @@ class WeightAverage:
         self._others = [k for k, v in live.items() if not v.is_floating_point()]
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        """After optimizer step `step` (1, 2, ...: the run's global step, so a resumed run goes on alike)."""
+        decay = min(self.decay, (1 + step) / (10 + step))
         live = model.state_dict()
         # lerp(a, b, w) = a + w (b - a): frozen tensors (a == b) stay bit-identical
         for key in self._floats:

@@ -32,7 +32,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
     average: dict[str, torch.Tensor] | None = None  # train.ema_decay: the averaged weights
-    average_updates: int = 0
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

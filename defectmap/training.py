@@ -207,7 +207,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         state = restore_training_state(saved, model, optimizers)
     average = None
     if cfg.train.ema_decay:
-        average = WeightAverage(model, cfg.train.ema_decay, state.average, state.average_updates)
+        average = WeightAverage(model, cfg.train.ema_decay, state.average)
         state.average = average.state  # saved with the training state, updated in place
     start = time.perf_counter() - state.seconds
     with StopSignals() as signals:
@@ -237,10 +237,9 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                     scaler.step(optimizer) if scaler else optimizer.step()
                 if scaler:
                     scaler.update()
-                if average:
-                    average.update(model)
-                    state.average_updates = average.updates
                 state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
+                if average:
+                    average.update(model, state.global_step)
                 seen += len(batch["image"])
                 # Reading the loss waits for the device: on CUDA only every 10th step, so the GPU runs ahead.
                 if device.type == "cpu" or state.global_step % 10 == 0:

@@ -31,7 +31,7 @@ def test_average_follows_the_decay_with_its_warm_up():
         with torch.no_grad():
             model[0].weight.add_(1.0)
             model[1].num_batches_tracked += 1
-        average.update(model)
+        average.update(model, step)
         decay = min(0.9, (1 + step) / (10 + step))  # 0.18, 0.25, ... then 0.9
         expected = decay * expected + (1 - decay) * model[0].weight.detach()
     torch.testing.assert_close(average.state["0.weight"], expected)
@@ -45,7 +45,7 @@ def test_applied_swaps_the_averaged_weights_in_and_back():
     average = WeightAverage(model, decay=0.5)
     with torch.no_grad():
         model[0].weight.add_(4.0)
-    average.update(model)
+    average.update(model, 1)
     live = model[0].weight.detach().clone()
     with average.applied(model):
         assert torch.equal(model[0].weight, average.state["0.weight"])
