@@ -122,11 +122,12 @@ def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: ImageDataset, 
 
 def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, train_set, val_set):
     """What the loop trains and early-stops on: normal images, or for models that learn from anomalies
-    (`model.anomaly_mix`) an anomaly mix, with a fixed synthetic one on the validation normals."""
+    (`model.anomaly_mix`: PRN, or a reconstruction model's denoising) an anomaly mix, with a fixed synthetic one on
+    the validation normals."""
     mix = model.anomaly_mix
+    if (mix is None or mix.clean_target) and cfg.data.anomalies:  # clean_target: a reconstruction model's denoising
+        raise ConfigError(f"data.anomalies: {cfg.method} learns from normal images only; set it to 0")
     if mix is None:
-        if cfg.data.anomalies:
-            raise ConfigError(f"data.anomalies: {cfg.method} learns from normal images only; set it to 0")
         return train_set, val_set
     data = cfg.data
     textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []

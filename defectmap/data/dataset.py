@@ -102,7 +102,8 @@ class AnomalyMixDataset(Dataset):
     and resumable; `fixed=True` ignores the epoch (a validation set that never changes). Items keep the
     ImageDataset keys; `mask` marks the anomalous pixels and `label` is 1 when any pixel is marked. Without
     `mix.real_negatives`, every item also has `weight` (S, S): the pixels its loss counts, all of them except
-    outside the mask of a real image shown as itself.
+    outside the mask of a real image shown as itself. With `mix.clean_target`, every item also has `clean`: the
+    normal image before any anomaly was put in (what a reconstruction model is trained to rebuild).
     """
 
     def __init__(
@@ -141,6 +142,8 @@ class AnomalyMixDataset(Dataset):
         if not self.mix.real_negatives:
             item["weight"] = torch.ones_like(item["mask"])
         image = item["image"]
+        if self.mix.clean_target:
+            item["clean"] = image
         draw = float(torch.rand((), generator=generator))
         if draw < self.mix.normal_share:
             return item

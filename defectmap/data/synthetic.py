@@ -35,6 +35,7 @@ class AnomalyMix:
     copy_transform: str = "flip"  # one of COPY_TRANSFORMS (see real_copy)
     # False: a real image shown as itself trains only its marked pixels (its mask may miss other defect-like marks)
     real_negatives: bool = True
+    clean_target: bool = False  # every item also carries "clean", the image before any anomaly (a rebuild target)
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:

@@ -1,7 +1,8 @@
 """Plain convolutional autoencoder: the baseline every method is compared with.
 
 Pixel map = per-pixel squared reconstruction error (or 1 - SSIM, or the distance of frozen ImageNet features),
-Gaussian smoothed; image score = max of the map. Trained with MSE, optionally plus an SSIM term.
+Gaussian smoothed; image score = max of the map. Trained with MSE, optionally plus an SSIM term, and optionally
+(`denoise_share`, ours) to rebuild the clean image from one with a synthetic anomaly pasted in.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectmap.data.synthetic import AnomalyMix
 from defectmap.errors import ConfigError
 from defectmap.models.backbone import BACKBONES, FrozenBackbone
 from defectmap.models.base import AnomalyModel, Output
@@ -32,6 +34,8 @@ class AEConfig:
     feature_levels: tuple[int, ...] = (0, 1, 2)  # error=features: backbone levels summed into the map
     feature_weights: str = ""  # error=features: a local weights file; empty: the package / hub file
     smoothing_sigma: float = 4.0  # Gaussian sigma of the map, in model pixels
+    # Share of training images given a synthetic anomaly (data.texture_dir), rebuilt to the clean image (ours)
+    denoise_share: float = 0.0
 
 
 def down_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -96,6 +100,23 @@ def output_head(channels: int) -> nn.Sequential:
 
 
 ERROR_KINDS = ("l2", "ssim", "features")
+
+
+def denoising_mix(share: float) -> AnomalyMix | None:
+    """`model.denoise_share` of the reconstruction models [ours, from DRAEM's reconstructive network, not from the
+    DAAD or PMB papers]: that share of the training images gets a synthetic anomaly (the synthesis library's Perlin,
+    CutPaste and scar kinds; textures from `data.texture_dir`), and the loss compares the reconstruction with the
+    clean image, so the model learns to replace what a normal part does not show instead of copying it through. The
+    validation loss that picks the checkpoint does the same on the validation normals with fixed anomalies.
+    0 (the default, the papers' training): normal images only."""
+    if not 0 <= share <= 1:
+        raise ConfigError(f"model.denoise_share must be in [0, 1] (0 turns it off), got {share}")
+    return AnomalyMix(normal_share=1.0 - share, real_share=0.0, clean_target=True) if share else None
+
+
+def rebuild_target(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a reconstruction model's loss compares its output with: the clean image when the batch carries one."""
+    return batch.get("clean", batch["image"])
 
 
 class ReconstructionError(nn.Module):
@@ -184,6 +205,7 @@ class Autoencoder(ErrorMapModel):
         self.decoder = nn.Sequential(*[up_block(a, b) for a, b in zip(rev[:-1], rev[1:], strict=True)])
         self.head = output_head(rev[-1])
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
+        self.anomaly_mix = denoising_mix(cfg.denoise_share)
 
     @staticmethod
     def input_rule(cfg: AEConfig) -> tuple[int, int]:
@@ -193,13 +215,13 @@ class Autoencoder(ErrorMapModel):
         return torch.sigmoid(self.head(self.decoder(self.bottleneck(self.encoder(images)))))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images = batch["image"]
-        recon = self.reconstruct(images)
-        mse = F.mse_loss(recon, images)
+        target = rebuild_target(batch)
+        recon = self.reconstruct(batch["image"])
+        mse = F.mse_loss(recon, target)
         losses = {"mse": mse}
         total = mse
         if self.cfg.ssim_weight > 0:
-            losses["ssim"] = (1 - ssim_map(images, recon)).mean()
+            losses["ssim"] = (1 - ssim_map(target, recon)).mean()
             total = total + self.cfg.ssim_weight * losses["ssim"]
         losses["loss"] = total
         return losses

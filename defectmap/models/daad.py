@@ -9,6 +9,8 @@ DAAD+ adds a discriminator: adversarial and latent feature-matching losses, and 
 the discriminator's latent features of an image and of its reconstruction as a second image score,
 fused with the map maximum after standardising both on validation normals; the latent share is chosen
 on synthetic anomalies pasted into the validation normals (`fusion`), no real anomaly involved.
+`denoise_share` (ours, off by default) trains on anomalous inputs with the clean image as the reconstruction target
+and as the discriminator's real image (see ae.denoising_mix).
 The paper's full text was not available; the choices below follow METHODS.md ([ours] entries).
 """
 
@@ -29,9 +31,11 @@ from defectmap.metrics import image_auroc
 from defectmap.models.ae import (
     ReconstructionError,
     bottleneck_block,
+    denoising_mix,
     encode,
     encoder_stages,
     output_head,
+    rebuild_target,
     stage_multiple,
 )
 from defectmap.models.base import AnomalyModel, Output
@@ -71,6 +75,7 @@ class DAADConfig:
     feature_levels: tuple[int, ...] = (0, 1, 2)  # error=features: as the AE's
     feature_weights: str = ""  # error=features: as the AE's
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
+    denoise_share: float = 0.0  # as the AE's: training images given a synthetic anomaly, rebuilt clean (ours)
 
 
 def block_sizes(scale: int, levels: tuple[int, ...] | range) -> tuple[int, ...]:
@@ -157,6 +162,7 @@ class DAAD(AnomalyModel):
         self.head = output_head(cfg.channels[0])
         self.discriminator = Discriminator(cfg.discriminator_channels) if cfg.adversarial else None
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
+        self.anomaly_mix = denoising_mix(cfg.denoise_share)
         # Image-score statistics of normal validation images: (map max, latent distance) mean and std.
         self.register_buffer("score_mean", torch.zeros(2))
         self.register_buffer("score_std", torch.ones(2))
@@ -201,18 +207,18 @@ class DAAD(AnomalyModel):
         return groups
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images = batch["image"]
-        recon, weights = self.reconstruct(images)
-        losses = {"mse": F.mse_loss(recon, images)}
+        target = rebuild_target(batch)  # the clean image: what the reconstruction and the discriminator see as real
+        recon, weights = self.reconstruct(batch["image"])
+        losses = {"mse": F.mse_loss(recon, target)}
         losses["entropy"] = (
             torch.stack([addressing_entropy(w) for w in weights]).mean() if weights else recon.new_zeros(())
         )
         total = losses["mse"] + self.cfg.entropy_weight * losses["entropy"]
         if self.cfg.ssim_weight > 0:
-            losses["ssim"] = (1 - ssim_map(images, recon)).mean()
+            losses["ssim"] = (1 - ssim_map(target, recon)).mean()
             total = total + self.cfg.ssim_weight * losses["ssim"]
         if self.discriminator is not None:
-            real_logits, real_latent = self.discriminator(images)
+            real_logits, real_latent = self.discriminator(target)
             fake_logits, fake_latent = self.discriminator(recon)
             losses["adversarial"] = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
             losses["feature_matching"] = F.mse_loss(fake_latent, real_latent.detach())
@@ -228,7 +234,7 @@ class DAAD(AnomalyModel):
     def validation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # Early stopping follows reconstruction quality; adversarial terms oscillate by design.
         recon, _ = self.reconstruct(batch["image"])
-        return F.mse_loss(recon, batch["image"])
+        return F.mse_loss(recon, rebuild_target(batch))
 
     def difference(self, images: torch.Tensor) -> torch.Tensor:
         return self.error(images, self.reconstruct(images)[0])  # (B, H, W)

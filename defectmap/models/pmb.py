@@ -7,7 +7,8 @@ skips alternate across decoder levels (or, with `alternate_per_step`, per traini
 normal detail passes while anomalies are rebuilt badly. The pixel map is the squared reconstruction
 error (or 1 - SSIM with `error: ssim`); Histogram Error Estimation is the `postprocess.hee` filter
 (hee.py). The paper's full text was not available: grid, kernel, memory size and the alternation pattern
-below are [ours] (METHODS.md) and config fields.
+below are [ours] (METHODS.md) and config fields. `denoise_share` (ours, off by default) trains on anomalous
+inputs with the clean image as the target (see ae.denoising_mix).
 """
 
 import math
@@ -22,9 +23,11 @@ from defectmap.models.ae import (
     ErrorMapModel,
     ReconstructionError,
     bottleneck_block,
+    denoising_mix,
     encode,
     encoder_stages,
     output_head,
+    rebuild_target,
     stage_multiple,
 )
 from defectmap.models.daad import DecoderStage
@@ -49,6 +52,7 @@ class PMBConfig:
     feature_levels: tuple[int, ...] = (0, 1, 2)  # error=features: as the AE's
     feature_weights: str = ""  # error=features: as the AE's
     smoothing_sigma: float = 4.0  # Gaussian sigma of the error map, in model pixels
+    denoise_share: float = 0.0  # as the AE's: training images given a synthetic anomaly, rebuilt clean (ours)
 
 
 class PartitionMemoryBank(nn.Module):
@@ -115,6 +119,7 @@ class PMB(ErrorMapModel):
         )
         self.head = output_head(cfg.channels[0])
         self.error_filter = ErrorMapFilter(post or PostprocessConfig(), cfg.smoothing_sigma)
+        self.anomaly_mix = denoising_mix(cfg.denoise_share)
 
     @staticmethod
     def input_rule(cfg: PMBConfig) -> tuple[int, int]:
@@ -145,9 +150,8 @@ class PMB(ErrorMapModel):
         return torch.sigmoid(self.head(x)), weights
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images = batch["image"]
-        recon, weights = self.reconstruct(images)
-        losses = {"mse": F.mse_loss(recon, images)}
+        recon, weights = self.reconstruct(batch["image"])
+        losses = {"mse": F.mse_loss(recon, rebuild_target(batch))}
         losses["entropy"] = (
             torch.stack([addressing_entropy(w) for w in weights]).mean() if weights else recon.new_zeros(())
         )
