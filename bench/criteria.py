@@ -44,6 +44,15 @@ def hee_rows(file: str) -> dict[str, dict[int, dict[str, float]]]:
     return rows
 
 
+def rescored_rows(file: str) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {seed: {metric: value}}} from bench/postprocess.py's output (the seed from each checkpoint's path)."""
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    for run in json.loads((RESULTS / file).read_text())["runs"]:
+        seed = int(re.search(r"seed(\d+)", run["checkpoint"]).group(1))
+        rows.setdefault(run["variant"], {})[seed] = {m: run[m] for m in METRICS}
+    return rows
+
+
 def criteria() -> list[dict]:
     ae_128 = benchmark_rows("granularity_mt128_3seeds")["ae"]  # 128², 15 epochs, patience 8, channels-last
     daad_plus = granularity_rows("granularity_daadplus_mt128")
@@ -51,6 +60,8 @@ def criteria() -> list[dict]:
     averaged = benchmark_rows("benchmark_mt_cpu128_ema")  # train.ema_decay=0.995
     hee = hee_rows("ablation_mt_cpu128/hee.json")
     prn = benchmark_rows("benchmark_mt_prn256_pertype")
+    denoised = {m: rescored_rows(f"denoise_mt_cpu128/postprocess_{m}.json") for m in ("ae", "daad", "pmb")}
+    denoised_averaged = {m: rescored_rows(f"denoise_mt_cpu128/averaged/postprocess_{m}.json") for m in ("ae", "pmb")}
     cases = [
         ("#3", "DAAD+ beats the AE on image AUROC", ("image_auroc",),
          "DAAD+ (default blocks, scale 8) vs AE, 128², 15 epochs", daad_plus["scale8"], ae_128),
@@ -59,8 +70,14 @@ def criteria() -> list[dict]:
         ("#3", "", ("image_auroc",), "DAAD+ vs AE, 128², 60 epochs, normalize + HEE", long60["daad"], long60["ae"]),
         ("#3", "", ("image_auroc",), "DAAD+ vs AE, both with averaged weights, 128², 15 epochs", averaged["daad"],
          averaged["ae"]),
+        ("#3", "", ("image_auroc",), "DAAD+ vs AE, both trained to rebuild clean images (model.denoise_share=0.5)",
+         denoised["daad"]["daad + none"], denoised["ae"]["ae + none"]),
         ("#4", "PMB + HEE beats the AE on image AUROC and AU-PRO", ("image_auroc", "aupro"),
          "PMB + HEE vs AE, 128², 15 epochs", hee["pmb+hee"], hee["ae"]),
+        ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, both trained to rebuild clean images",
+         denoised["pmb"]["pmb + hee"], denoised["ae"]["ae + none"]),
+        ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, both trained to rebuild clean images, averaged weights",
+         denoised_averaged["pmb"]["pmb + hee"], denoised_averaged["ae"]["ae + none"]),
         ("#5", "PRN k = 10 beats k = 0 on image AUROC, pixel AUROC and AU-PRO", ("image_auroc", "pixel_auroc", "aupro"),
          "k = 10 (half synthetic, per-type draws) vs k = 0, 256², 12 epochs", prn["prn_k10_synthetic_half"],
          read_holdout(RESULTS / "benchmark_mt_prn256_pertype" / "holdout_k0.json")),

@@ -1,7 +1,10 @@
-"""CPU cost of the items a model that learns from anomalies (PRN) trains on: synthesis per item, one thread.
+"""CPU cost of the items a model that learns from anomalies trains on: synthesis per item, one thread.
 
     python bench/synthesis_cost.py --data ../shared/data --category magnetic_tile [--items 120] [--set KEY=VALUE ...] \
         [--out bench/results/synthesis_cost_prn256.json]
+    python bench/synthesis_cost.py ... --model pmb --set model.denoise_share=0.5   # a reconstruction model's denoising
+
+PRN (the default `--model`) and any reconstruction model with `model.denoise_share` above 0.
 
 Builds the fit set exactly as `defectmap train` does (decoded images cached first, as in training) and times
 `--items` of its items on one thread: what the training process spends between GPU steps with the default
@@ -10,6 +13,7 @@ Builds the fit set exactly as `defectmap train` does (decoded images cached firs
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -31,12 +35,15 @@ def main() -> None:
     parser.add_argument("--out", help="also write the row to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = build_config(args.model, None, ["model.pretrained=false", *args.set], root=args.data, category=args.category)
+    random_init = ["model.pretrained=false"] if args.model == "prn" else []  # the reconstruction models load none
+    cfg = build_config(args.model, None, [*random_init, *args.set], root=args.data, category=args.category)
     category = open_category(cfg.data)
     train_set, val_set = training._loaded_datasets(cfg, category, progress=False)
     for i in range(len(train_set)):  # decode and cache, as training does before its first epoch
         train_set[i]
     fit_set, _ = training._training_sets(cfg, category, build_model(cfg), train_set, val_set)
+    if fit_set is train_set:
+        sys.exit(f"{args.model} as configured trains on normal images only: nothing is synthesised")
     items = min(args.items, len(fit_set))
     start = time.perf_counter()
     for i in range(items):
