@@ -34,11 +34,16 @@ def granularity_rows(folder: str) -> dict[str, dict[int, dict[str, float]]]:
     return rows
 
 
+def checkpoint_seed(path: str) -> int:
+    """The seed of a benchmark checkpoint, from its path (.../seed<N>/model.ckpt)."""
+    return int(re.search(r"seed(\d+)", path).group(1))
+
+
 def hee_rows(file: str) -> dict[str, dict[int, dict[str, float]]]:
     """{"<method>" or "<method>+hee": {seed: {metric: value}}} from bench/hee.py's output."""
     rows: dict[str, dict[int, dict[str, float]]] = {}
     for entry in json.loads((RESULTS / file).read_text()):
-        seed = int(re.search(r"seed(\d+)", entry["checkpoint"]).group(1))
+        seed = checkpoint_seed(entry["checkpoint"])
         label = entry["method"] + ("+hee" if entry["hee"] else "")
         rows.setdefault(label, {})[seed] = {m: entry[m] for m in METRICS}
     return rows
@@ -48,7 +53,7 @@ def rescored_rows(file: str) -> dict[str, dict[int, dict[str, float]]]:
     """{variant: {seed: {metric: value}}} from bench/postprocess.py's output (the seed from each checkpoint's path)."""
     rows: dict[str, dict[int, dict[str, float]]] = {}
     for run in json.loads((RESULTS / file).read_text())["runs"]:
-        seed = int(re.search(r"seed(\d+)", run["checkpoint"]).group(1))
+        seed = checkpoint_seed(run["checkpoint"])
         rows.setdefault(run["variant"], {})[seed] = {m: run[m] for m in METRICS}
     return rows
 
