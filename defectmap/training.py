@@ -125,7 +125,7 @@ def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, tra
     (`model.anomaly_mix`: PRN, or a reconstruction model's denoising) an anomaly mix, with a fixed synthetic one on
     the validation normals."""
     mix = model.anomaly_mix
-    if (mix is None or mix.clean_target) and cfg.data.anomalies:  # clean_target: a reconstruction model's denoising
+    if cfg.data.anomalies and not model.takes_real_anomalies:
         raise ConfigError(f"data.anomalies: {cfg.method} learns from normal images only; set it to 0")
     if mix is None:
         return train_set, val_set
@@ -186,7 +186,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         model = distributed.convert_batchnorm(model)
         distributed.broadcast_state(model)
     fit_set, val_loss_set = _training_sets(cfg, category, model, train_set, val_set)
-    # With real anomalies, fit_set is an AnomalyMixDataset (models without an anomaly mix refuse them).
+    # With real anomalies, fit_set is an AnomalyMixDataset (models that do not take real anomalies refuse them).
     unmarked = len(category.anomalies) - len(fit_set.real_indices) if category.anomalies else 0
     if unmarked and fit_set.mix.real_share > 0 and progress:  # with real_share 0 none is trained on anyway
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")

@@ -23,8 +23,11 @@ class AnomalyModel(nn.Module):
     Data-dependent state is kept in registered buffers so checkpoints and `.to()` carry it.
     """
 
-    # Set by models that learn from anomalies (PRN): the engine then trains on an AnomalyMixDataset.
+    # Set by models that learn from anomalies (PRN; a reconstruction model's denoising): the engine then trains on an
+    # AnomalyMixDataset.
     anomaly_mix: AnomalyMix | None = None
+    # Whether `data.anomalies` (k real anomalies, held out of the test split) applies: PRN's few-shot protocol.
+    takes_real_anomalies: bool = False
     # Training settings this method needs other than TrainConfig's defaults (the user's values still win).
     train_defaults: dict = {}
 

@@ -206,6 +206,7 @@ class MultiSizeAttention(nn.Module):
 
 class PRN(AnomalyModel):
     Config = PRNConfig
+    takes_real_anomalies = True
     positive = (
         "max_prototypes",
         "prototype_fraction",
