@@ -15,6 +15,7 @@ from pathlib import Path
 
 from defectmap import engine, outputs
 from defectmap.data.images import load_image
+from defectmap.regions import defect_pixels
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     found = outputs.collect_images([args.images])[: args.limit]
     rows = list(engine.predict(detector, [sample for sample, _ in found], progress=False))
     cal = detector.calibration
-    cases = [(r["map"], outputs.defect_pixels(r["map"], cal), load_image(r["path"])) for r in rows if "error" not in r]
+    cases = [(r["map"], defect_pixels(r["map"], cal), load_image(r["path"])) for r in rows if "error" not in r]
     writers = {
         "map": lambda m, d, image, f: outputs.map_to_png(m, cal, f),
         "mask": lambda m, d, image, f: outputs.mask_to_png(d, f),

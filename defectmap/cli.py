@@ -99,6 +99,8 @@ def cmd_test(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int | None:
     requested = engine.resolve_device(args.device)
+    if args.min_area < 1:
+        raise DefectmapError(f"--min-area must be at least 1 pixel, got {args.min_area}")
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         return distributed.launch(args.devices, _without_devices(sys.argv[1:]), requested)
     found = outputs.collect_images(args.paths)
@@ -112,7 +114,8 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
         size = detector.config.train.eval_batch_size
         batches = [found[i : i + size] for i in range(0, len(found), size)]
         mine = [item for batch in batches[rank::world] for item in batch]
-        outputs.predict_to_folder(detector, mine, out / ".parts" / f"rank{rank}", progress=False, overlays=args.overlay)
+        outputs.predict_to_folder(detector, mine, out / ".parts" / f"rank{rank}", progress=False,
+                                  overlays=args.overlay, min_area=args.min_area)  # fmt: skip
         distributed.barrier()
         if rank == 0:  # the totals over every process; the others print nothing
             count, skipped = outputs.merge_parts(found, out, [out / ".parts" / f"rank{r}" for r in range(world)])
@@ -121,7 +124,13 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
             return None
     else:
         count, skipped = outputs.predict_to_folder(
-            detector, found, out, resume=args.resume, progress=not args.quiet, overlays=args.overlay
+            detector,
+            found,
+            out,
+            resume=args.resume,
+            progress=not args.quiet,
+            overlays=args.overlay,
+            min_area=args.min_area,
         )
     print(f"scored {count} image{'s' * (count != 1)}: {out / 'scores.csv'}")
     counts = outputs.decision_counts(out / "scores.csv")
@@ -259,12 +268,14 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score images; writes scores.csv and one anomaly-map PNG per image")
     p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--out", required=True, help="folder for scores.csv, errors.csv, maps/ and masks/")
+    p.add_argument("--out", required=True, help="folder for scores.csv, regions.csv, errors.csv, maps/ and masks/")
     p.add_argument("--resume", action="store_true", help="skip images already in OUT/scores.csv or errors.csv")
     p.add_argument("--devices", type=int, default=1,
                    help="shard the images over this many processes (torchrun; on CUDA one per GPU)")  # fmt: skip
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--overlay", action="store_true", help="also OUT/overlays/: each image, predicted defects outlined")
+    p.add_argument("--min-area", type=int, default=1,
+                   help="leave predicted defect regions smaller than this many pixels out of regions.csv")  # fmt: skip
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
     p.set_defaults(handler=cmd_predict)

@@ -1,4 +1,4 @@
-"""What runs leave on disk: metrics.json, scores.csv, anomaly-map PNGs, and the printed table."""
+"""What runs leave on disk: metrics.json, scores.csv, regions.csv, anomaly-map PNGs, and the printed table."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from defectmap.checkpoint import atomic_write
 from defectmap.data.images import is_image_file, load_image
 from defectmap.data.mvtec import Sample
 from defectmap.errors import DataError
+from defectmap.regions import REGION_FIELDS, defect_pixels, defect_regions
 from defectmap.threshold import normalise
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
@@ -60,11 +61,6 @@ def map_to_png(anomaly_map: np.ndarray, calibration: dict, path: Path | io.Bytes
     _save_png(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), path)
 
 
-def defect_pixels(anomaly_map: np.ndarray, calibration: dict) -> np.ndarray:
-    """The predicted defect mask: the map above the calibrated pixel threshold."""
-    return anomaly_map > calibration["map_threshold"]
-
-
 def outline(mask: np.ndarray) -> np.ndarray:
     """The border of a boolean mask's regions, about 0.5% of the image height thick (at least one pixel)."""
     return mask & ~ndimage.binary_erosion(mask, iterations=max(1, mask.shape[0] // 200))
@@ -78,21 +74,27 @@ def overlay_to_png(image: np.ndarray, defect: np.ndarray, path: Path) -> None:
     _save_png(np.round(shown * 255).astype(np.uint8), path)
 
 
-SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map", "mask"]
+SCORE_HEADER = ["path", "score", "normalised_score", "decision", "map", "mask", "regions"]
 ERROR_HEADER = ["path", "error"]
+REGION_HEADER = ["path", "region", *REGION_FIELDS]  # one row per predicted defect region, numbered from 1 per image
+LOGS = {"scores.csv": SCORE_HEADER, "errors.csv": ERROR_HEADER, "regions.csv": REGION_HEADER}
 IMAGE_FOLDERS = ("maps", "masks", "overlays")  # what predict writes per image
 
 
-def _open_log(path: Path, header: list[str], resume: bool) -> tuple[io.TextIOWrapper, set[str]]:
-    """Open a CSV for appending; on resume keep its complete rows (a torn last line is cut off)."""
+def _open_log(
+    path: Path, header: list[str], resume: bool, keep: set[str] | None = None
+) -> tuple[io.TextIOWrapper, set[str]]:
+    """Open a CSV for appending; on resume keep its complete rows (a torn last line is cut off), and with `keep`
+    only those whose path is in it."""
     done: set[str] = set()
     if resume and path.is_file():
         text = path.read_text()
-        complete = text[: text.rfind("\n") + 1]  # a kill mid-write leaves a line without its newline
-        rows = list(csv.reader(io.StringIO(complete)))
+        rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))  # a kill mid-write tears the last line
         if rows and rows[0] == header:
+            rows = [header] + [row for row in rows[1:] if keep is None or row[0] in keep]
             done = {row[0] for row in rows[1:]}
-            path.write_text(complete)
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerows(rows)
             return path.open("a", newline=""), done
     handle = path.open("w", newline="")
     csv.writer(handle).writerow(header)
@@ -112,8 +114,10 @@ def predict_to_folder(
     resume: bool = False,
     progress: bool = True,
     overlays: bool = False,
+    min_area: int = 1,
 ) -> tuple[int, int]:
-    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv`, `maps/`, `masks/`,
+    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv`, `regions.csv` (the
+    `defect_regions` of at least `min_area` pixels, written before their image's score row), `maps/`, `masks/`,
     and with `overlays` `overlays/` (each image decoded a second time for it: the scoring path keeps only the
     model-size copy).
 
@@ -131,13 +135,15 @@ def predict_to_folder(
     scores_file, done = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
     errors_file, failed = _open_log(out_dir / "errors.csv", ERROR_HEADER, resume)
     done |= failed
+    # Regions are written before their image's score row: on resume only those of images already done are kept.
+    regions_file, _ = _open_log(out_dir / "regions.csv", REGION_HEADER, resume, keep=done)
     names = {sample.path: name for sample, name in found}
     first = next((i for i, (sample, _) in enumerate(found) if str(sample.path) not in done), len(found))
     batch = detector.config.train.eval_batch_size
     samples = [sample for sample, _ in found][first - first % batch :]
     scored = skipped = 0
-    with scores_file, errors_file:
-        scores, errors = csv.writer(scores_file), csv.writer(errors_file)
+    with scores_file, errors_file, regions_file:
+        scores, errors, regions = csv.writer(scores_file), csv.writer(errors_file), csv.writer(regions_file)
         for row in engine.predict(detector, samples, progress=progress):
             if str(row["path"]) in done:
                 continue
@@ -153,11 +159,20 @@ def predict_to_folder(
             if overlays:
                 image = load_image(row["path"], detector.config.data.max_pixels)
                 overlay_to_png(image, defect, out_dir / "overlays" / map_name)
+            found_regions = defect_regions(row["map"], detector.calibration, min_area)
+            regions.writerows([str(row["path"]), number, *region_cells(region)]
+                              for number, region in enumerate(found_regions, 1))  # fmt: skip
+            regions_file.flush()
             scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", row["decision"],
-                             f"maps/{map_name}", f"masks/{map_name}"])  # fmt: skip
+                             f"maps/{map_name}", f"masks/{map_name}", len(found_regions)])  # fmt: skip
             scores_file.flush()
             scored += 1
     return scored, skipped
+
+
+def region_cells(region: dict) -> list[str]:
+    """A region's `REGION_FIELDS` as CSV cells: pixel counts as integers, the peaks as scores are written."""
+    return [str(region[f]) if isinstance(region[f], int) else f"{region[f]:.6g}" for f in REGION_FIELDS]
 
 
 def decision_counts(scores_csv: Path) -> dict[str, int]:
@@ -202,32 +217,32 @@ def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path
 
     Returns (scored, skipped as unreadable) over all the parts.
     """
-    rows: dict[str, list[str]] = {}
-    errors: dict[str, list[str]] = {}
+    tables: dict[str, dict[str, list[list[str]]]] = {name: {} for name in LOGS}  # file -> image path -> rows
     for part in parts:
-        for name, table in (("scores.csv", rows), ("errors.csv", errors)):
+        for name, table in tables.items():
             with (part / name).open(newline="") as handle:
                 reader = csv.reader(handle)
                 next(reader)
-                table.update({row[0]: row for row in reader})
+                for row in reader:
+                    table.setdefault(row[0], []).append(row)
         for folder in IMAGE_FOLDERS:
             if (part / folder).is_dir():
                 (out_dir / folder).mkdir(parents=True, exist_ok=True)
                 for file in (part / folder).iterdir():
                     file.replace(out_dir / folder / file.name)
-    for name, header, table in (("scores.csv", SCORE_HEADER, rows), ("errors.csv", ERROR_HEADER, errors)):
+    for name, table in tables.items():
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(header)
-        writer.writerows(table[str(s.path)] for s, _ in found if str(s.path) in table)
+        writer.writerow(LOGS[name])
+        writer.writerows(row for s, _ in found for row in table.get(str(s.path), []))
         text = buffer.getvalue()
         atomic_write(out_dir / name, lambda tmp, text=text: tmp.write_text(text))
     for part in parts:
         for folder in IMAGE_FOLDERS:
             if (part / folder).is_dir():
                 (part / folder).rmdir()
-        for name in ("scores.csv", "errors.csv"):
+        for name in LOGS:
             (part / name).unlink()
         part.rmdir()
     parts[0].parent.rmdir()
-    return len(rows), len(errors)
+    return len(tables["scores.csv"]), len(tables["errors.csv"])

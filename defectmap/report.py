@@ -18,7 +18,8 @@ from defectmap.checkpoint import atomic_write
 from defectmap.data.images import load_image
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DataError
-from defectmap.outputs import METRIC_NAMES, defect_pixels, outline
+from defectmap.outputs import METRIC_NAMES, outline
+from defectmap.regions import defect_pixels
 from defectmap.threshold import normalise
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}

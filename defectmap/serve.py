@@ -19,7 +19,8 @@ from defectmap.data.transforms import preprocess
 from defectmap.engine import Detector, decide, score_batch
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import OnnxModel
-from defectmap.outputs import defect_pixels, map_to_png
+from defectmap.outputs import map_to_png
+from defectmap.regions import defect_pixels, defect_regions
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/x-ms-bmp", "application/octet-stream")
 
@@ -113,7 +114,9 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None, executor
                 "versions": detector.info.get("versions", {})}  # fmt: skip
 
     @app.post("/predict")
-    async def predict(request: Request, map: bool = False) -> dict:
+    async def predict(request: Request, map: bool = False, min_area: int = 1) -> dict:
+        if min_area < 1:
+            raise HTTPException(400, f"min_area must be at least 1 pixel, got {min_area}")
         data, name = await read_upload(request)
         try:
             image = decode_image(data, name, limits.max_pixels)
@@ -132,6 +135,7 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None, executor
             "score": result["score"],
             **decide(cal, result["score"]),  # normalised_score, defective, decision: as predict's
             "defect_area": float(over.mean()),  # share of pixels above the calibrated pixel threshold
+            "regions": defect_regions(result["map"], cal, min_area),  # its connected parts, highest peak first
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
         }

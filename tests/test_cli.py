@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from defectmap import metrics
 from defectmap.cli import main
@@ -95,6 +96,30 @@ def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
     labels = [0 if "/good/" in row["path"] else 1 for row in rows]
     auroc = metrics.image_auroc(np.array(labels), np.array([float(r["score"]) for r in rows]))
     assert auroc == pytest.approx(report["image_auroc"], abs=1e-12)
+
+
+def test_predict_lists_the_regions_of_each_saved_mask(trained, tiny_dataset, tmp_path, capsys):
+    ckpt, test_dir = str(trained / "model.ckpt"), str(tiny_dataset / "tiny" / "test")
+    out = tmp_path / "pred"
+    assert main(["predict", ckpt, test_dir, "--out", str(out), "--quiet"]) == 0
+    scores = list(csv.DictReader((out / "scores.csv").open()))
+    regions = list(csv.DictReader((out / "regions.csv").open()))
+    assert regions, "the tiny model predicts some defect pixels on the test images"
+    for row in scores:  # regions.csv describes exactly the mask PNG beside it
+        mask = np.asarray(Image.open(out / row["mask"])) > 0
+        components, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        mine = [r for r in regions if r["path"] == row["path"]]
+        assert int(row["regions"]) == len(mine) == count
+        assert sorted(int(r["area"]) for r in mine) == sorted(np.bincount(components.ravel())[1:].tolist())
+        assert [int(r["region"]) for r in mine] == list(range(1, count + 1))
+    areas = sorted(int(r["area"]) for r in regions)
+    small = main(["predict", ckpt, test_dir, "--out", str(tmp_path / "big_only"), "--quiet",
+                  "--min-area", str(areas[len(areas) // 2])])  # fmt: skip
+    kept = list(csv.DictReader((tmp_path / "big_only" / "regions.csv").open()))
+    assert small == 0 and 0 < len(kept) < len(regions) and min(int(r["area"]) for r in kept) >= areas[len(areas) // 2]
+    capsys.readouterr()
+    assert main(["predict", ckpt, test_dir, "--out", str(tmp_path / "none"), "--min-area", "0"]) == 2
+    assert "--min-area must be at least 1" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 def test_bad_data_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
@@ -197,6 +222,7 @@ def test_interrupted_batch_prediction_resumes_to_the_same_csv(trained, tiny_data
     assert main(["predict", ckpt, str(folder), "--out", str(whole), "--quiet"]) == 0
     expected = (whole / "scores.csv").read_text()
     assert expected.count("\n") == 1 + 8 + 7 + 4  # header, train/good, test images, ground-truth masks
+    expected_regions = (whole / "regions.csv").read_text()
 
     real_predict = engine.predict
 
@@ -210,10 +236,15 @@ def test_interrupted_batch_prediction_resumes_to_the_same_csv(trained, tiny_data
     monkeypatch.setattr(engine, "predict", interrupted)
     assert main(["predict", ckpt, str(folder), "--out", str(part), "--quiet"]) == 130
     monkeypatch.setattr(engine, "predict", real_predict)
-    with (part / "scores.csv").open("a") as handle:  # a kill in the middle of writing a row
-        handle.write(str(folder / "test" / "good" / "00.jpg") + ",0.12")
+    scored = {row["path"] for row in csv.DictReader((part / "scores.csv").open())}
+    torn = next(row["path"] for row in csv.DictReader((whole / "scores.csv").open()) if row["path"] not in scored)
+    with (part / "regions.csv").open("a") as handle:  # its regions were written, then the kill came
+        handle.write(f"{torn},1,0,0,2,2,4,9.5,3.1\r\n")
+    with (part / "scores.csv").open("a") as handle:  # in the middle of writing its score row
+        handle.write(torn + ",0.12")
     assert main(["predict", ckpt, str(folder), "--out", str(part), "--quiet", "--resume"]) == 0
     assert (part / "scores.csv").read_text() == expected
+    assert (part / "regions.csv").read_text() == expected_regions
     assert sorted(p.name for p in (part / "maps").iterdir()) == sorted(p.name for p in (whole / "maps").iterdir())
 
 

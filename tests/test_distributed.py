@@ -66,7 +66,8 @@ def test_distributed_predict_writes_the_same_csv(tiny_dataset, tmp_path):
         f"scored {total} images: {tmp_path / 'two' / 'scores.csv'}",
         said_one.splitlines()[-1],
     ]
-    assert (tmp_path / "two" / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
+    for name in ("scores.csv", "regions.csv"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
     names = sorted(p.name for p in (tmp_path / "one" / "maps").iterdir())
     assert sorted(p.name for p in (tmp_path / "two" / "maps").iterdir()) == names
     assert sorted(p.name for p in (tmp_path / "two" / "overlays").iterdir()) == names  # --overlay goes to every process
@@ -91,3 +92,30 @@ def test_more_gpu_processes_than_gpus_stops_before_launching(command, tiny_datas
     error = capsys.readouterr().err
     assert "2 processes on this machine but 1 GPU(s)" in error and error.count("\n") == 1
     assert not out.exists()
+
+
+def test_merging_keeps_every_region_row_of_an_image_in_input_order(tmp_path):
+    # Each process writes its own CSVs; rank 0 joins them in the input order, with all of an image's region rows.
+    import csv
+
+    from defectmap.data.mvtec import Sample
+    from defectmap.outputs import LOGS, merge_parts
+
+    found = [(Sample(tmp_path / f"{name}.png", 0), name) for name in ("a", "b", "c")]
+    paths = [str(sample.path) for sample, _ in found]
+    written = {  # rank 0 scored a and c (a with two regions), rank 1 scored b (no region)
+        0: {"scores.csv": [[paths[0], "1"], [paths[2], "3"]], "errors.csv": [],
+            "regions.csv": [[paths[0], "1", "a1"], [paths[0], "2", "a2"], [paths[2], "1", "c1"]]},
+        1: {"scores.csv": [[paths[1], "2"]], "errors.csv": [], "regions.csv": []},
+    }  # fmt: skip
+    parts = [tmp_path / "out" / ".parts" / f"rank{rank}" for rank in written]
+    for part, tables in zip(parts, written.values(), strict=True):
+        part.mkdir(parents=True)
+        for name, rows in tables.items():
+            with (part / name).open("w", newline="") as handle:
+                csv.writer(handle).writerows([LOGS[name], *rows])
+    assert merge_parts(found, tmp_path / "out", parts) == (3, 0)
+    merged = list(csv.reader((tmp_path / "out" / "regions.csv").open(newline="")))
+    assert merged == [LOGS["regions.csv"], [paths[0], "1", "a1"], [paths[0], "2", "a2"], [paths[2], "1", "c1"]]
+    assert [row[1] for row in csv.reader((tmp_path / "out" / "scores.csv").open(newline=""))][1:] == ["1", "2", "3"]
+    assert not (tmp_path / "out" / ".parts").exists()

@@ -16,6 +16,7 @@ from PIL import Image
 from defectmap import engine, training
 from defectmap.data.demo import add_defect, fabric
 from defectmap.errors import DefectmapError
+from defectmap.regions import defect_regions
 from defectmap.serve import ServiceLimits, create_app, serve
 from tests.conftest import tiny_config
 
@@ -92,6 +93,15 @@ def test_predict_matches_the_library(service, tmp_path):
     assert body["defective"] == row["defective"] and body["decision"] == row["decision"]
     assert row["decision"] == ("defect" if row["defective"] else "good")  # one rule: engine.decide
     assert (body["width"], body["height"]) == (60, 60) and 0.0 <= body["defect_area"] <= 1.0
+    # The defect pixels' connected parts, as predict's regions.csv lists them, and their share of the image.
+    library = defect_regions(row["map"], detector.calibration)
+    assert [{**r, "peak": pytest.approx(r["peak"]), "normalised_peak": pytest.approx(r["normalised_peak"])}
+            for r in library] == body["regions"]  # fmt: skip
+    assert body["regions"] and sum(r["area"] for r in body["regions"]) / 3600 == pytest.approx(body["defect_area"])
+    biggest = max(r["area"] for r in body["regions"])
+    assert [r["area"] for r in call(f"{url}/predict?min_area={biggest}", data, "image/png")[1]["regions"]] == [biggest]
+    status, refused = call(f"{url}/predict?min_area=0", data, "image/png")
+    assert status == 400 and "min_area must be at least 1" in refused["detail"]
     assert Image.open(io.BytesIO(base64.b64decode(body["map_png"]))).size == (60, 60)
     status, body2 = call(f"{url}/predict", *multipart(data))
     assert status == 200 and body2["score"] == body["score"] and "map_png" not in body2

@@ -1,0 +1,44 @@
+"""Predicted defect regions: 8-connected parts of the map above the pixel threshold, with boxes, areas and peaks."""
+
+import numpy as np
+import pytest
+
+from defectmap.regions import defect_pixels, defect_regions
+
+CAL = {"map_median": 0.2, "map_threshold": 1.0}
+
+
+def test_boxes_areas_and_peaks_of_known_regions():
+    amap = np.zeros((10, 12))
+    amap[1, 1], amap[2, 2] = 2.0, 3.0  # touching at a corner: one region
+    amap[6:8, 8:11] = 1.5  # a 2 x 3 block
+    amap[9, 0] = 1.0  # at the threshold itself: not above it
+    regions = defect_regions(amap, CAL)
+    assert regions == [
+        {"x": 1, "y": 1, "width": 2, "height": 2, "area": 2, "peak": 3.0, "normalised_peak": pytest.approx(1.75)},
+        {"x": 8, "y": 6, "width": 3, "height": 2, "area": 6, "peak": 1.5, "normalised_peak": pytest.approx(0.8125)},
+    ]
+    assert (
+        [r["area"] for r in defect_regions(amap, CAL, min_area=3)]
+        == [6]
+        == [r["area"] for r in defect_regions(amap, CAL, min_area=6)]
+    )
+    assert defect_regions(amap, CAL, min_area=7) == []
+    assert defect_regions(np.zeros((5, 5)), CAL) == []
+
+
+def test_regions_cover_the_defect_mask_exactly_and_peak_above_the_threshold():
+    amap = np.random.default_rng(0).random((40, 50)) * 1.3
+    regions = defect_regions(amap, CAL)
+    mask = defect_pixels(amap, CAL)
+    assert len(regions) > 5 and sum(r["area"] for r in regions) == mask.sum()
+    covered = np.zeros_like(mask)
+    for region in regions:
+        box = (slice(region["y"], region["y"] + region["height"]), slice(region["x"], region["x"] + region["width"]))
+        covered[box] = True
+        assert CAL["map_threshold"] < region["peak"] <= amap[box].max() and region["peak"] in amap[box]
+        assert region["area"] <= mask[box].sum()
+        assert region["normalised_peak"] > 0.5  # the pixel threshold is 0.5 on the normalised scale
+    assert covered[mask].all()  # every defect pixel lies in some region's box
+    peaks = [r["peak"] for r in regions]
+    assert peaks == sorted(peaks, reverse=True) and peaks[0] == amap.max()
