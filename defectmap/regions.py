@@ -25,10 +25,17 @@ def defect_regions(anomaly_map: np.ndarray, calibration: dict, min_area: int = 1
     `peak` (the map's maximum in it) and `normalised_peak` (the same on the scale of `normalised_score`: the
     normal median 0, the pixel threshold 0.5, so every region's is above 0.5).
     """
+    _, regions = labelled_regions(anomaly_map, calibration)
+    return sorted((r for r in regions if r["area"] >= min_area), key=lambda region: -region["peak"])
+
+
+def labelled_regions(anomaly_map: np.ndarray, calibration: dict) -> tuple[np.ndarray, list[dict]]:
+    """Every region of `defect_pixels` as `defect_regions` describes it, in label order, and the label image:
+    0 outside the regions, n inside the n-th (to test a region's pixels against a ground-truth mask)."""
     defect = defect_pixels(anomaly_map, calibration)
     labels, count = ndimage.label(defect, structure=_EIGHT_CONNECTED)
     if count == 0:
-        return []
+        return labels, []
     inside = labels[defect] - 1  # each defect pixel's region, from 0
     areas = np.bincount(inside, minlength=count)
     peaks = np.full(count, -np.inf)
@@ -45,6 +52,5 @@ def defect_regions(anomaly_map: np.ndarray, calibration: dict, min_area: int = 1
             "normalised_peak": float(level),
         }
         for box, area, peak, level in zip(ndimage.find_objects(labels), areas, peaks, scaled, strict=True)
-        if area >= min_area
     ]
-    return sorted(regions, key=lambda region: -region["peak"])
+    return labels, regions

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from defectmap.regions import defect_pixels, defect_regions
+from defectmap.regions import defect_pixels, defect_regions, labelled_regions
 
 CAL = {"map_median": 0.2, "map_threshold": 1.0}
 
@@ -40,5 +40,9 @@ def test_regions_cover_the_defect_mask_exactly_and_peak_above_the_threshold():
         assert region["area"] <= mask[box].sum()
         assert region["normalised_peak"] > 0.5  # the pixel threshold is 0.5 on the normalised scale
     assert covered[mask].all()  # every defect pixel lies in some region's box
+    labels, in_label_order = labelled_regions(amap, CAL)
+    assert sorted(in_label_order, key=lambda r: -r["peak"]) == regions and (labels > 0).sum() == mask.sum()
+    for number, region in enumerate(in_label_order, 1):  # the label image marks each region's own pixels
+        assert (labels == number).sum() == region["area"] and amap[labels == number].max() == region["peak"]
     peaks = [r["peak"] for r in regions]
     assert peaks == sorted(peaks, reverse=True) and peaks[0] == amap.max()
