@@ -9,7 +9,8 @@ threshold that `train` calibrated on validation normals (`defect_regions`), leav
 `--min-areas` value. Against the ground-truth regions (8-connected parts of the masks), per minimum area:
 
 - defects found: the share of ground-truth regions that a predicted region overlaps (by one pixel or more);
-- top region on a defect: the share of defective images whose highest-peak region overlaps their defect;
+- top region on a defect: the share of defective images whose highest-peak region overlaps their defect, and the
+  same among the defective images that have a region at all (when a defect is outlined, is it the right place?);
 - regions on a defect: the share of the predicted regions on defective images that overlap a defect;
 - good images clear: the share of good images with no predicted region, and the regions per good image.
 
@@ -65,12 +66,17 @@ def summarise(per_image: list[list[dict]], labels: list[int], min_areas: list[in
         good = [r for r, label in zip(rows, labels, strict=True) if label == 0]
         on_defective = sum(r["regions"] for r in defective)
         hits = sum(r["regions_on_defect"] for r in defective)
+        outlined = [r for r in defective if r["regions"]]
         table.append({
             "min_area": min_area,
             "defective_images": len(defective),
             "truth_regions": sum(r["truth_regions"] for r in defective),
             "defects_found": sum(r["truth_found"] for r in defective) / sum(r["truth_regions"] for r in defective),
             "top_region_on_defect": sum(r["top_on_defect"] for r in defective) / len(defective),
+            "defective_images_outlined": len(outlined) / len(defective),
+            "top_region_on_defect_when_outlined": (
+                sum(r["top_on_defect"] for r in outlined) / len(outlined) if outlined else None
+            ),
             "regions_on_defect": hits / on_defective if on_defective else None,
             "regions_per_defective_image": on_defective / len(defective),
             "good_images": len(good),
@@ -106,10 +112,14 @@ def main() -> None:
         report["runs"].append({"checkpoint": checkpoint, "method": detector.config.method,
                                "test_images": len(outputs["labels"]), "table": table})  # fmt: skip
         for row in table:
-            share = "n/a" if row["regions_on_defect"] is None else f"{row['regions_on_defect']:.3f}"
+            share, when = (
+                "n/a" if row[key] is None else f"{row[key]:.3f}"
+                for key in ("regions_on_defect", "top_region_on_defect_when_outlined")
+            )
             print(
                 f"{checkpoint} min area {row['min_area']:>4}: defects found {row['defects_found']:.3f}, "
-                f"top region on a defect {row['top_region_on_defect']:.3f}, regions on a defect {share}, "
+                f"defective images outlined {row['defective_images_outlined']:.3f}, top region on a defect "
+                f"{row['top_region_on_defect']:.3f} ({when} of those outlined), regions on a defect {share}, "
                 f"good images clear {row['good_images_clear']:.3f} ({row['regions_per_good_image']:.2f} regions each)"
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -265,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(handler=cmd_test)
 
-    p = sub.add_parser("predict", help="score images; writes scores.csv and one anomaly-map PNG per image")
+    p = sub.add_parser("predict", help="score images; writes scores.csv, regions.csv and an anomaly-map PNG per image")
     p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="folder for scores.csv, regions.csv, errors.csv, maps/ and masks/")

@@ -374,8 +374,10 @@ def test_regions_script_counts_found_defects_and_false_regions(tiny_dataset, tmp
     clear = image_counts(np.zeros((20, 20)), np.zeros_like(mask), cal, [1, 5])
     table = summarise([[small, large], good, clear], [1, 0, 0], [1, 5])
     assert table[0] == {"min_area": 1, "defective_images": 1, "truth_regions": 2, "defects_found": 0.5,
-                        "top_region_on_defect": 0.0, "regions_on_defect": 0.5, "regions_per_defective_image": 2.0,
-                        "good_images": 2, "good_images_clear": 0.5, "regions_per_good_image": 1.0}  # fmt: skip
+                        "top_region_on_defect": 0.0, "defective_images_outlined": 1.0,
+                        "top_region_on_defect_when_outlined": 0.0, "regions_on_defect": 0.5,
+                        "regions_per_defective_image": 2.0, "good_images": 2, "good_images_clear": 0.5,
+                        "regions_per_good_image": 1.0}  # fmt: skip
     assert table[1]["top_region_on_defect"] == 1.0 and table[1]["regions_per_good_image"] == 0.5
 
     from tests.conftest import tiny_config
