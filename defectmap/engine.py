@@ -28,6 +28,7 @@ from defectmap.errors import ConfigError, DataError, DefectmapError
 from defectmap.export import load_exported
 from defectmap.models import MODELS, AnomalyModel
 from defectmap.progress import bars_off
+from defectmap.regions import region_figures, region_hits
 from defectmap.threshold import calibrate, normalise, threshold_max_f1
 
 
@@ -257,6 +258,9 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
     }
     if category.has_masks:
         report.update(metrics.pixel_metrics(masks, maps))
+        # What predict's regions.csv would outline on these images, against the marked defects
+        hits = [region_hits(m, mask, detector.calibration, [1]) for m, mask in zip(maps, masks, strict=True)]
+        [report["regions"]] = region_figures(hits, labels, [1])
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -205,11 +206,25 @@ def format_table(report: dict) -> str:
         f"  at the calibrated threshold: {report['good_rejected']} good rejected, "
         f"{report['defects_missed']} defects missed"
     )
+    if report.get("regions"):
+        lines += textwrap.wrap(regions_sentence(report["regions"]), 116, initial_indent="  ", subsequent_indent="    ")
     for defect, row in report.get("defect_types", {}).items():
         auroc = "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.4f}"
         lines.append(f"    {defect + ':':<26} image AUROC {auroc}, {row['missed']} of {row['images']} missed")
     lines += [f"  note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
+
+
+def regions_sentence(figures: dict) -> str:
+    """`evaluate`'s region figures (`regions.region_figures` at min area 1) in words, for the table and the report."""
+    f = {k: "n/a" if v is None else f"{100 * v:.1f}%" for k, v in figures.items()}
+    good = "n/a" if figures["good_images_clear"] is None else f"{100 * (1 - figures['good_images_clear']):.1f}%"
+    return (
+        f"outlined at the pixel threshold (as in regions.csv): {f['defects_found']} of {figures['truth_regions']} "
+        f"marked defects touched; {f['defective_images_outlined']} of {figures['defective_images']} defective images "
+        f"outlined, the strongest region on the defect in {f['top_region_on_defect_when_outlined']} of those; "
+        f"{good} of {figures['good_images']} good images outlined"
+    )
 
 
 def merge_parts(found: list[tuple[Sample, str]], out_dir: Path, parts: list[Path]) -> tuple[int, int]:

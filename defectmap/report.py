@@ -18,7 +18,7 @@ from defectmap.checkpoint import atomic_write
 from defectmap.data.images import load_image
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DataError
-from defectmap.outputs import METRIC_NAMES, outline
+from defectmap.outputs import METRIC_NAMES, outline, regions_sentence
 from defectmap.regions import defect_pixels
 from defectmap.threshold import normalise
 
@@ -138,6 +138,8 @@ def write_report(detector, category, out_dir: str | Path, *, gallery_size: int =
         f"{threshold:.5g} (set on good validation images only): <b>{report['good_rejected']} good parts "
         f"rejected / {report['defects_missed']} defects missed</b>. F1-max uses an oracle threshold.</p>",
     ]
+    if report.get("regions"):
+        body.append(f"<p>{html.escape(regions_sentence(report['regions']).capitalize())}.</p>")
     if report.get("image_auroc_interval95"):
         low, high = report["image_auroc_interval95"]
         body.append(f"<p>Image AUROC, 95% bootstrap interval over the test images: {low:.4f} to {high:.4f} (how far "

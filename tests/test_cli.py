@@ -96,6 +96,17 @@ def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
     labels = [0 if "/good/" in row["path"] else 1 for row in rows]
     auroc = metrics.image_auroc(np.array(labels), np.array([float(r["score"]) for r in rows]))
     assert auroc == pytest.approx(report["image_auroc"], abs=1e-12)
+    # ... and its regions.csv counts the regions `test` counted (every defective tiny test image has a marked defect).
+    counts = {
+        label: [int(r["regions"]) for r, lab in zip(rows, labels, strict=True) if lab == label] for label in (0, 1)
+    }
+    regions = report["regions"]
+    assert regions["min_area"] == 1 and regions["defective_images"] == len(counts[1]) == 4
+    assert regions["regions_per_defective_image"] == pytest.approx(np.mean(counts[1]))
+    assert regions["regions_per_good_image"] == pytest.approx(np.mean(counts[0]))
+    assert regions["good_images_clear"] == pytest.approx(np.mean(np.array(counts[0]) == 0))
+    assert regions["regions_per_defective_image"] > 0 and 0 <= regions["defects_found"] <= 1
+    assert "outlined at the pixel threshold" in printed
 
 
 def test_predict_lists_the_regions_of_each_saved_mask(trained, tiny_dataset, tmp_path, capsys):

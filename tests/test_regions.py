@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from defectmap.regions import defect_pixels, defect_regions, labelled_regions
+from defectmap.regions import defect_pixels, defect_regions, labelled_regions, region_figures, region_hits
 
 CAL = {"map_median": 0.2, "map_threshold": 1.0}
 
@@ -46,3 +46,29 @@ def test_regions_cover_the_defect_mask_exactly_and_peak_above_the_threshold():
         assert (labels == number).sum() == region["area"] and amap[labels == number].max() == region["peak"]
     peaks = [r["peak"] for r in regions]
     assert peaks == sorted(peaks, reverse=True) and peaks[0] == amap.max()
+
+
+def test_hits_against_marked_defects_and_the_figures_of_a_split():
+    cal = {"map_median": 0.0, "map_threshold": 1.0}
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[1:5, 1:5] = mask[15:18, 15:18] = True  # two defects; the second is missed
+    amap = np.zeros((20, 20))
+    amap[2:5, 2:5] = 2.0  # a 9-pixel region on the first defect
+    amap[10:12, 0:2] = 3.0  # a 4-pixel region off the defects, with the highest peak
+    small, large = region_hits(amap, mask, cal, [1, 5])
+    assert small == {"truth_regions": 2, "truth_found": 1, "regions": 2, "regions_on_defect": 1, "top_on_defect": False}
+    assert large == {"truth_regions": 2, "truth_found": 1, "regions": 1, "regions_on_defect": 1, "top_on_defect": True}
+    good = region_hits(amap, np.zeros_like(mask), cal, [1, 5])
+    clear = region_hits(np.zeros((20, 20)), np.zeros_like(mask), cal, [1, 5])
+    unmarked = region_hits(amap, np.zeros_like(mask), cal, [1, 5])  # a defective image without a marked region
+    table = region_figures([[small, large], good, clear, unmarked], [1, 0, 0, 1], [1, 5])
+    assert table[0] == {"min_area": 1, "defective_images": 1, "truth_regions": 2, "defects_found": 0.5,
+                        "defective_images_outlined": 1.0, "top_region_on_defect": 0.0,
+                        "top_region_on_defect_when_outlined": 0.0, "regions_on_defect": 0.5,
+                        "regions_per_defective_image": 2.0, "good_images": 2, "good_images_clear": 0.5,
+                        "regions_per_good_image": 1.0}  # fmt: skip
+    assert table[1]["top_region_on_defect"] == 1.0 and table[1]["regions_per_good_image"] == 0.5
+    # Nothing to count is None, not a division by zero.
+    [empty] = region_figures([clear], [0], [1])
+    assert empty["defects_found"] is None and empty["top_region_on_defect_when_outlined"] is None
+    assert empty["good_images_clear"] == 1.0
