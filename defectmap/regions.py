@@ -85,7 +85,7 @@ def region_hits(anomaly_map: np.ndarray, mask: np.ndarray, calibration: dict, mi
 
 def region_figures(per_image: list[list[dict]], labels: list[int], min_areas: list[int]) -> list[dict]:
     """`region_hits` of a test split as shares, per minimum area. Defective images without a marked region (an
-    image-level defect) count only as defective; a share with nothing to count is None."""
+    image-level defect) are left out, having no region to find; a share with nothing to count is None."""
 
     def share(part: float, whole: float) -> float | None:
         return part / whole if whole else None
