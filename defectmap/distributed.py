@@ -131,13 +131,27 @@ def shard_batches(order: list[int], batch: int, rank: int, world: int) -> list[i
     return [i for start in range(0, full, batch) for i in order[start + rank * local : start + (rank + 1) * local]]
 
 
+def without_devices(argv: list[str]) -> list[str]:
+    """The command line minus `--devices N` (torchrun's processes must not launch again)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--devices":
+            skip = True
+        elif not arg.startswith("--devices="):
+            kept.append(arg)
+    return kept
+
+
 def launch(devices: int, argv: list[str], device: torch.device | None) -> int:
-    """Re-run this command under torchrun with `devices` processes on this machine; returns its exit code.
+    """Re-run the command line `argv` (without its `--devices`) under torchrun with `devices` processes on this
+    machine; returns its exit code.
 
     `device` (None where not known before the processes start, as for --resume) is checked against the GPUs first.
     """
     if device is not None:
         check_gpus(devices, device)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-               "-m", "defectmap", *argv]  # fmt: skip
+               "-m", "defectmap", *without_devices(argv)]  # fmt: skip
     return subprocess.call(command)

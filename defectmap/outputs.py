@@ -26,12 +26,14 @@ METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
 PNG_LEVEL = 1
 
 
-def collect_images(paths: Iterable[str | Path]) -> list[tuple[Sample, str]]:
-    """Image files named directly or found under folders, each with a unique output name."""
+def collect_images(paths: Iterable[str | Path], skip: Path | None = None) -> list[tuple[Sample, str]]:
+    """Image files named directly or found under folders (not under the folder `skip`, where the results go, so
+    an earlier run's maps are not scored), each with a unique output name."""
     found: list[tuple[Sample, str]] = []
+    skip = skip.resolve() if skip else None
     for given in map(Path, paths):
         if given.is_dir():
-            files = sorted(p for p in given.rglob("*") if is_image_file(p))
+            files = sorted(p for p in given.rglob("*") if is_image_file(p) and skip not in p.resolve().parents)
             found += [(Sample(p, 0), "__".join(p.relative_to(given).with_suffix("").parts)) for p in files]
         elif given.is_file():
             found.append((Sample(given, 0), given.stem))
@@ -107,6 +109,72 @@ def mask_to_png(defect: np.ndarray, path: Path) -> None:
     _save_png((defect * 255).astype(np.uint8), path)
 
 
+class PredictionWriter:
+    """The files predict writes into one folder, kept open for appending: `scores.csv` (one row per image, flushed as
+    it goes), `errors.csv`, `regions.csv` (the `defect_regions` of at least `min_area` pixels, written before their
+    image's score row), `maps/`, `masks/`, and with `overlays` `overlays/` (each image decoded a second time for it:
+    the scoring path keeps only the model-size copy).
+
+    With `resume` the rows already in the folder are kept and `done` holds their image paths; otherwise the files
+    start afresh. `names` holds the map file names in use (without `.png`).
+    """
+
+    def __init__(self, calibration: dict, out_dir: Path, *, resume: bool, overlays: bool, min_area: int,
+                 max_pixels: int) -> None:  # fmt: skip
+        self.calibration, self.out_dir, self.overlays = calibration, out_dir, overlays
+        self.min_area, self.max_pixels = min_area, max_pixels
+        for folder in IMAGE_FOLDERS[: 3 if overlays else 2]:
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        self._scores, self.done = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
+        self.names = {Path(row[4]).stem for row in _rows(out_dir / "scores.csv")} if self.done else set()
+        self._errors, failed = _open_log(out_dir / "errors.csv", ERROR_HEADER, resume)
+        self.done |= failed
+        # Regions are written before their image's score row: on resume only those of images already done are kept.
+        self._regions, _ = _open_log(out_dir / "regions.csv", REGION_HEADER, resume, keep=self.done)
+
+    def write(self, row: dict, name: str) -> int | None:
+        """One row of `engine.predict` under the file name `name`: its files and CSV rows. Returns the number of
+        regions written, or None for an unreadable image (a row of errors.csv)."""
+        path = str(row["path"])
+        self.done.add(path)
+        if "error" in row:
+            csv.writer(self._errors).writerow([path, row["error"]])
+            self._errors.flush()
+            return None
+        map_name = f"{name}.png"
+        self.names.add(name)
+        map_to_png(row["map"], self.calibration, self.out_dir / "maps" / map_name)
+        defect = defect_pixels(row["map"], self.calibration)
+        mask_to_png(defect, self.out_dir / "masks" / map_name)
+        if self.overlays:
+            overlay_to_png(load_image(row["path"], self.max_pixels), defect, self.out_dir / "overlays" / map_name)
+        found_regions = defect_regions(row["map"], self.calibration, self.min_area)
+        csv.writer(self._regions).writerows([path, number, *region_cells(region)]
+                                            for number, region in enumerate(found_regions, 1))  # fmt: skip
+        self._regions.flush()
+        csv.writer(self._scores).writerow([path, f"{row['score']:.8g}", f"{row['normalised_score']:.6f}",
+                                           row["decision"], f"maps/{map_name}", f"masks/{map_name}",
+                                           len(found_regions)])  # fmt: skip
+        self._scores.flush()
+        return len(found_regions)
+
+    def close(self) -> None:
+        for handle in (self._scores, self._errors, self._regions):
+            handle.close()
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _rows(path: Path) -> list[list[str]]:
+    """A CSV's rows after its header."""
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))[1:]
+
+
 def predict_to_folder(
     detector,
     found: list[tuple[Sample, str]],
@@ -117,10 +185,7 @@ def predict_to_folder(
     overlays: bool = False,
     min_area: int = 1,
 ) -> tuple[int, int]:
-    """Score images into `scores.csv` (one row per image, flushed as it goes), `errors.csv`, `regions.csv` (the
-    `defect_regions` of at least `min_area` pixels, written before their image's score row), `maps/`, `masks/`,
-    and with `overlays` `overlays/` (each image decoded a second time for it: the scoring path keeps only the
-    model-size copy).
+    """Score images into OUT with a `PredictionWriter`, each image's files named by its name in `found`.
 
     With `resume`, images already in either CSV are not written again. Batches keep their boundaries
     (the batch holding the first unfinished image is recomputed), so a resumed run writes exactly
@@ -128,46 +193,21 @@ def predict_to_folder(
     """
     from defectmap import engine
 
-    maps_dir, masks_dir = out_dir / "maps", out_dir / "masks"
-    maps_dir.mkdir(parents=True, exist_ok=True)
-    masks_dir.mkdir(exist_ok=True)
-    if overlays:
-        (out_dir / "overlays").mkdir(exist_ok=True)
-    scores_file, done = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
-    errors_file, failed = _open_log(out_dir / "errors.csv", ERROR_HEADER, resume)
-    done |= failed
-    # Regions are written before their image's score row: on resume only those of images already done are kept.
-    regions_file, _ = _open_log(out_dir / "regions.csv", REGION_HEADER, resume, keep=done)
     names = {sample.path: name for sample, name in found}
-    first = next((i for i, (sample, _) in enumerate(found) if str(sample.path) not in done), len(found))
-    batch = detector.config.train.eval_batch_size
-    samples = [sample for sample, _ in found][first - first % batch :]
     scored = skipped = 0
-    with scores_file, errors_file, regions_file:
-        scores, errors, regions = csv.writer(scores_file), csv.writer(errors_file), csv.writer(regions_file)
+    with PredictionWriter(detector.calibration, out_dir, resume=resume, overlays=overlays, min_area=min_area,
+                          max_pixels=detector.config.data.max_pixels) as writer:  # fmt: skip
+        done = set(writer.done)
+        first = next((i for i, (sample, _) in enumerate(found) if str(sample.path) not in done), len(found))
+        batch = detector.config.train.eval_batch_size
+        samples = [sample for sample, _ in found][first - first % batch :]
         for row in engine.predict(detector, samples, progress=progress):
             if str(row["path"]) in done:
                 continue
-            if "error" in row:
-                errors.writerow([str(row["path"]), row["error"]])
-                errors_file.flush()
+            if writer.write(row, names[row["path"]]) is None:
                 skipped += 1
-                continue
-            map_name = f"{names[row['path']]}.png"
-            map_to_png(row["map"], detector.calibration, maps_dir / map_name)
-            defect = defect_pixels(row["map"], detector.calibration)
-            mask_to_png(defect, masks_dir / map_name)
-            if overlays:
-                image = load_image(row["path"], detector.config.data.max_pixels)
-                overlay_to_png(image, defect, out_dir / "overlays" / map_name)
-            found_regions = defect_regions(row["map"], detector.calibration, min_area)
-            regions.writerows([str(row["path"]), number, *region_cells(region)]
-                              for number, region in enumerate(found_regions, 1))  # fmt: skip
-            regions_file.flush()
-            scores.writerow([str(row["path"]), f"{row['score']:.8g}", f"{row['normalised_score']:.6f}", row["decision"],
-                             f"maps/{map_name}", f"masks/{map_name}", len(found_regions)])  # fmt: skip
-            scores_file.flush()
-            scored += 1
+            else:
+                scored += 1
     return scored, skipped
 
 
