@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import __version__ as torch_version
 
-from defectmap import __version__, distributed, engine, outputs, training
+from defectmap import __version__, distributed, engine, outputs, training, watch
 from defectmap.checkpoint import load_checkpoint, update_calibration
 from defectmap.config import build_config, check_values, commented_yaml, resolve_config
 from defectmap.data.demo import write_demo_dataset
@@ -23,19 +23,7 @@ from defectmap.data.mvtec import open_category
 from defectmap.errors import DefectmapError
 from defectmap.export import FORMATS, export
 from defectmap.models import MODELS
-
-
-def _without_devices(argv: list[str]) -> list[str]:
-    """The command line minus `--devices N` (torchrun's processes must not launch again)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--devices":
-            skip = True
-        elif not arg.startswith("--devices="):
-            kept.append(arg)
-    return kept
+from defectmap.resume import StopSignals
 
 
 def _program() -> str:
@@ -55,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         cfg = build_config(args.model, args.config, args.set, root=args.data, category=args.category)
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         device = engine.resolve_device(cfg.train.device) if cfg else None
-        return distributed.launch(args.devices, _without_devices(sys.argv[1:]), device)
+        return distributed.launch(args.devices, sys.argv[1:], device)
     checkpoint = training.fit(cfg, args.out, progress=not args.quiet, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         history = json.loads(
@@ -97,13 +85,17 @@ def cmd_test(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _check_min_area(min_area: int) -> None:
+    if min_area < 1:
+        raise DefectmapError(f"--min-area must be at least 1 pixel, got {min_area}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int | None:
     requested = engine.resolve_device(args.device)
-    if args.min_area < 1:
-        raise DefectmapError(f"--min-area must be at least 1 pixel, got {args.min_area}")
+    _check_min_area(args.min_area)
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
-        return distributed.launch(args.devices, _without_devices(sys.argv[1:]), requested)
-    found = outputs.collect_images(args.paths)
+        return distributed.launch(args.devices, sys.argv[1:], requested)
+    found = outputs.collect_images(args.paths, skip=Path(args.out))
     rank, world = distributed.setup(requested)  # under torchrun: each process on its own GPU
     detector = engine.load(args.checkpoint, device=str(distributed.local_device(rank, requested)))
     _set_tile(detector, args.tile)
@@ -138,6 +130,20 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
     if skipped:
         print(f"skipped {skipped} unreadable image{'s' * (skipped != 1)}: {out / 'errors.csv'}", file=sys.stderr)
     return 1 if skipped and not count else None  # nothing could be scored: a script must not read it as success
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    _check_min_area(args.min_area)
+    watch.check_arguments(args.folder, args.out, args.interval, args.settle)  # before the model is loaded
+    detector = engine.load(args.checkpoint, device=args.device)
+    _set_tile(detector, args.tile)
+    print(f"watching {args.folder} for new images, rows to {Path(args.out) / 'scores.csv'}; Ctrl-C stops", flush=True)
+    show = None if args.quiet else lambda row, regions: print(watch.row_line(row, regions), flush=True)
+    with StopSignals() as signals:
+        scored, skipped = watch.watch_folder(detector, args.folder, args.out, stop=lambda: bool(signals.received),
+                                             interval=args.interval, settle=args.settle, overlays=args.overlay,
+                                             min_area=args.min_area, on_row=show)  # fmt: skip
+    print(f"stopped by {signals.received}: scored {scored} image{'s' * (scored != 1)}, {skipped} unreadable")
 
 
 def cmd_threshold(args: argparse.Namespace) -> None:
@@ -279,6 +285,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("watch", help="score images as they arrive in a folder, into the files predict writes")
+    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("folder", help="the folder new images arrive in (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for scores.csv ... as predict; its rows are kept")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between looks at an idle folder")
+    p.add_argument("--settle", type=float, default=0.5, help="read an image once its last write is this old (s)")
+    p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
+    p.add_argument("--overlay", action="store_true", help="also OUT/overlays/: each image, predicted defects outlined")
+    p.add_argument("--min-area", type=int, default=1, help="leave regions under this many pixels out of regions.csv")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    common(p)
+    p.set_defaults(handler=cmd_watch)
 
     p = sub.add_parser("threshold", help="re-calibrate a checkpoint's threshold without retraining")
     p.add_argument("checkpoint", help="a model.ckpt (updated in place)")
