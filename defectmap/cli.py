@@ -171,9 +171,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from defectmap.prediction_report import write_prediction_report
     from defectmap.report import report_run
 
-    print(f"wrote {report_run(args.run_dir, progress=not args.quiet)}")
+    folder = Path(args.run_dir)
+    predictions = (folder / "scores.csv").is_file() and not (folder / "model.ckpt").is_file()
+    print(f"wrote {write_prediction_report(folder) if predictions else report_run(folder, progress=not args.quiet)}")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -323,8 +326,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for one inference")
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("report", help="write RUN_DIR/report.html: metrics, curves, histograms, gallery")
-    p.add_argument("run_dir", help="the --out folder of a training run")
+    p = sub.add_parser("report", help="write DIR/report.html of a training run or of predict's or watch's output")
+    p.add_argument("run_dir", metavar="DIR", help="the --out folder of train (metrics, curves, gallery) or of "
+                   "predict or watch (decisions, scores in order, highest and borderline images)")  # fmt: skip
     common(p)
     p.set_defaults(handler=cmd_report)
 

@@ -33,7 +33,7 @@ document.body.setAttribute('data-images',String(imgs.length));
 document.body.setAttribute('data-status',ok?'ok':'broken-images');});</script>"""
 
 
-def _svg_curve(title: str, xlabel: str, ylabel: str, curves: list[tuple[str, np.ndarray, np.ndarray, str]],
+def svg_curve(title: str, xlabel: str, ylabel: str, curves: list[tuple[str, np.ndarray, np.ndarray, str]],
                xmax: float = 1.0) -> str:  # fmt: skip
     width, height, pad = 320, 260, 40
     parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
@@ -55,7 +55,8 @@ def _svg_curve(title: str, xlabel: str, ylabel: str, curves: list[tuple[str, np.
     return "".join(parts)
 
 
-def _svg_histogram(good: np.ndarray, bad: np.ndarray, threshold: float) -> str:
+def svg_histogram(good: np.ndarray, bad: np.ndarray, threshold: float,
+                  title: str = "image scores: good (blue) vs defective (red)") -> str:  # fmt: skip
     width, height, pad = 420, 260, 40
     values = np.concatenate([good, bad, [threshold]])
     edges = np.linspace(values.min(), values.max() + 1e-12, 31)
@@ -63,8 +64,7 @@ def _svg_histogram(good: np.ndarray, bad: np.ndarray, threshold: float) -> str:
     peak = max(1, max(c.max() for c in counts))
     bar = (width - 2 * pad) / 30
     parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="score histogram">',
-             f'<text x="{width / 2}" y="16" text-anchor="middle">image scores: good (blue) vs defective (red)'
-             "</text>"]  # fmt: skip
+             f'<text x="{width / 2}" y="16" text-anchor="middle">{html.escape(title)}</text>']  # fmt: skip
     for count, color, offset in ((counts[0], "#1f77b4", 0), (counts[1], "#d62728", bar / 2)):
         for i, c in enumerate(count):
             h = c / peak * (height - 2 * pad)
@@ -77,13 +77,13 @@ def _svg_histogram(good: np.ndarray, bad: np.ndarray, threshold: float) -> str:
     return "".join(parts)
 
 
-def _png(array: np.ndarray) -> str:
+def png_uri(array: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _heat(values: np.ndarray) -> np.ndarray:
+def heat(values: np.ndarray) -> np.ndarray:
     """A blue-to-red colormap for values in [0, 1] (0.5 = the calibrated pixel threshold)."""
     v = np.clip(values, 0, 1)[..., None]
     return np.concatenate([np.clip(2 * v, 0, 1), 1 - np.abs(2 * v - 1), np.clip(2 - 2 * v, 0, 1)], axis=-1)
@@ -92,8 +92,8 @@ def _heat(values: np.ndarray) -> np.ndarray:
 def _panel(path: str, amap: np.ndarray, mask: np.ndarray | None, calibration: dict, side: int = 256) -> str:
     """Image | heat-map overlay with the ground-truth contour (green) | predicted mask."""
     image = load_image(path)
-    heat = _heat(normalise(amap, calibration["map_median"], calibration["map_threshold"]))
-    overlay = 0.55 * image + 0.45 * heat
+    colours = heat(normalise(amap, calibration["map_median"], calibration["map_threshold"]))
+    overlay = 0.55 * image + 0.45 * colours
     if mask is not None and mask.any():
         overlay[outline(mask)] = [0.0, 1.0, 0.0]
     predicted = np.repeat(defect_pixels(amap, calibration)[..., None], 3, axis=2).astype(np.float32)
@@ -101,7 +101,7 @@ def _panel(path: str, amap: np.ndarray, mask: np.ndarray | None, calibration: di
     scale = side / image.shape[0]
     row = Image.fromarray(np.round(np.clip(row, 0, 1) * 255).astype(np.uint8))
     row = row.resize((max(1, round(row.width * scale)), side), Image.BILINEAR)
-    return _png(np.asarray(row))
+    return png_uri(np.asarray(row))
 
 
 def _gallery_order(labels: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
@@ -147,15 +147,15 @@ def write_report(detector, category, out_dir: str | Path, *, gallery_size: int =
     if report["defect_types"]:
         body.append(_defect_table(report["defect_types"]))
     fpr, tpr = metrics.roc_curve(labels, scores)
-    charts = [_svg_curve("image ROC", "FPR", "TPR", [("ROC", fpr, tpr, "#1f77b4")])]
+    charts = [svg_curve("image ROC", "FPR", "TPR", [("ROC", fpr, tpr, "#1f77b4")])]
     if category.has_masks:
         recall, precision = metrics.pr_curve(outputs["masks"], outputs["maps"])
         charts.append(
-            _svg_curve("pixel precision-recall", "recall", "precision", [("PR", recall, precision, "#2ca02c")])
+            svg_curve("pixel precision-recall", "recall", "precision", [("PR", recall, precision, "#2ca02c")])
         )
         pro_fpr, pro = metrics.pro_curve(outputs["masks"], outputs["maps"], 0.3)
-        charts.append(_svg_curve("PRO up to FPR 0.3", "FPR", "PRO", [("PRO", pro_fpr, pro, "#9467bd")], xmax=0.3))
-    charts.append(_svg_histogram(scores[labels == 0], scores[labels == 1], threshold))
+        charts.append(svg_curve("PRO up to FPR 0.3", "FPR", "PRO", [("PRO", pro_fpr, pro, "#9467bd")], xmax=0.3))
+    charts.append(svg_histogram(scores[labels == 0], scores[labels == 1], threshold))
     body.append('<div class="charts">' + "".join(charts) + "</div>")
     body.append(
         "<h2>Gallery (worst misses first): image | anomaly map with ground truth in green | predicted mask</h2>"
@@ -183,6 +183,7 @@ def report_run(run_dir: str | Path, progress: bool = True) -> Path:
     """`defectmap report RUN_DIR`: the report of a training run folder (its model.ckpt)."""
     run_dir = Path(run_dir)
     if not (run_dir / "model.ckpt").is_file():
-        raise DataError(f"no model.ckpt in {run_dir}: give the --out folder of a `defectmap train` run")
+        raise DataError(f"no model.ckpt or scores.csv in {run_dir}: give the --out folder of `defectmap train`, "
+                        "`predict` or `watch`")  # fmt: skip
     detector = engine.load(run_dir / "model.ckpt")
     return write_report(detector, open_category(detector.config.data), run_dir, progress=progress)[0]
