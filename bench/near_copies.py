@@ -1,0 +1,167 @@
+"""Is one physical part in training and in test? Near-copies on Magnetic Tile, and what they do to few-shot figures.
+
+    python bench/near_copies.py RUN/model.ckpt [...] --set data.anomalies=10 --set data.anomaly_seed=0 \
+        --set data.anomaly_sampling=per_type [--thresholds 0.5,0.7] [--figure docs/near_copies.png] \
+        [--out bench/results/near_copies.json]
+
+Magnetic Tile photographs each tile under several lighting settings (the `expN` in its file names; one tile's shots
+have nearby `num`s), and those shots are separate files, so one tile can be in training and in test. Two images are
+called near-copies here when their fine texture lines up: both in grey, scaled by `--scale` (1/3: Magnetic Tile's
+250-600 pixel images become about 100-200), high-passed (minus a Gaussian blur of sigma 2 pixels, so the lighting's
+shading drops out), standardised, their top-left 128x128 pixels cross-correlated over shifts of up to 12 pixels;
+the peak normalised correlation is the similarity, and near-copies are at a threshold or above (each of
+`--thresholds`; the first for the counts and the figure). It counts:
+
+- test images with a near-copy among the training normals (`train/good`);
+- test images that are near-copies of the few-shot training anomalies the `--set` hold-out draws.
+
+Then it scores each checkpoint on the test set that hold-out leaves (the shared inference path, maps at each image's
+original size) and reports the metrics on that test set and, per threshold, without the near-copies of the training
+anomalies (a few-shot model has seen their tile). Pass the k = 0 and k = 10 checkpoints of one seed with that seed's
+hold-out. A diagnostic: nothing here changes what `test` or `benchmark` report.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from holdout import hold_out_overrides, on_hold_out
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from defectmap import engine, metrics
+from defectmap.data.images import load_image
+from defectmap.data.mvtec import open_category
+
+SIDE, SHIFT = 128, 12
+
+
+def signature(path: Path, scale: float) -> tuple[np.ndarray, int]:
+    """The FFT of an image's standardised, high-passed grey texture (zero-padded for correlation) and its size."""
+    grey = Image.fromarray(np.round(load_image(path).mean(axis=2) * 255).astype(np.uint8))
+    size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+    pixels = np.asarray(grey.resize(size, Image.BILINEAR), dtype=np.float32)
+    pixels = (pixels - ndimage.gaussian_filter(pixels, 2))[:SIDE, :SIDE]
+    pixels = (pixels - pixels.mean()) / (pixels.std() + 1e-6)
+    padded = np.zeros((2 * SIDE, 2 * SIDE), np.float32)
+    padded[: pixels.shape[0], : pixels.shape[1]] = pixels
+    return np.fft.rfft2(padded), pixels.size
+
+
+def similarity(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> float:
+    """Peak normalised cross-correlation of two signatures over shifts of up to SHIFT pixels each way."""
+    corr = np.fft.irfft2(a[0] * np.conj(b[0]), s=(2 * SIDE, 2 * SIDE))
+    rows = np.concatenate([corr[: SHIFT + 1], corr[-SHIFT:]])
+    return float(np.concatenate([rows[:, : SHIFT + 1], rows[:, -SHIFT:]], axis=1).max() / min(a[1], b[1]))
+
+
+def best_matches(queries: list[Path], references: list[Path], signatures: dict) -> list[tuple[float, Path]]:
+    """For each query, its highest similarity to any reference and that reference."""
+    return [max((similarity(signatures[q], signatures[r]), r) for r in references) for q in queries]
+
+
+def figure(groups: list[tuple[Path, list[tuple[float, Path]]]], path: str, per_row: int = 6) -> None:
+    """One row per training anomaly: it, a gap, then its most similar near-copies in the test set (similarity
+    printed under each), 160 pixels high."""
+    rows = []
+    for anomaly, copies in groups:
+        shots = [(None, anomaly)] + sorted(copies, key=lambda c: -c[0])[:per_row]
+        pictures = [Image.open(p).convert("L") for _, p in shots]
+        pictures = [s.resize((round(s.width * 160 / s.height), 160)) for s in pictures]
+        row = Image.new("L", (sum(s.width + 8 for s in pictures) + 16, 176), 255)
+        draw, x = ImageDraw.Draw(row), 0
+        for (value, _), picture in zip(shots, pictures, strict=True):
+            row.paste(picture, (x, 0))
+            draw.text((x + 2, 163), "trained on" if value is None else f"{value:.2f}", fill=0)
+            x += picture.width + (24 if value is None else 8)
+        rows.append(row)
+    sheet = Image.new("L", (max(r.width for r in rows), sum(r.height + 8 for r in rows)), 255)
+    for i, row in enumerate(rows):
+        sheet.paste(row, (0, i * 184))
+    sheet.save(path, optimize=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE")
+    parser.add_argument("--thresholds", default="0.5,0.7", help="comma-separated similarity thresholds")
+    parser.add_argument("--scale", type=float, default=1 / 3)
+    parser.add_argument("--figure", help="PNG: the training anomalies that have near-copies, and those copies")
+    parser.add_argument("--out", default="bench/results/near_copies.json")
+    args = parser.parse_args()
+    overrides = hold_out_overrides(parser, args.set)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    threshold = thresholds[0]
+    detector, category = on_hold_out(args.checkpoints[0], overrides)
+    if not category.anomalies:
+        parser.error("name a few-shot hold-out: --set data.anomalies=K (and its seed and sampling)")
+    whole = open_category(detector.config.data)
+    train = whole.train + whole.val  # every training normal, the validation share included
+    test, anomalies = [s.path for s in category.test], [s.path for s in category.anomalies]
+    signatures = {p: signature(p, args.scale) for p in {*[s.path for s in train], *test, *anomalies}}
+    train_match = best_matches(test, [s.path for s in train], signatures)
+    anomaly_match = best_matches(test, anomalies, signatures)
+    near = [i for i, (value, _) in enumerate(anomaly_match) if value >= threshold]
+    subsets = {"all": list(range(len(test)))}
+    for t in thresholds:
+        subsets[f"without_near_copies_{t:g}"] = [i for i, (value, _) in enumerate(anomaly_match) if value < t]
+    labels = np.array([s.label for s in category.test])
+    report = {
+        "call": "python bench/near_copies.py "
+        + " ".join(args.checkpoints)
+        + "".join(f" --set {s}" for s in args.set)
+        + f" --thresholds {args.thresholds} --scale {args.scale:.4g}",
+        "test_images": len(test),
+        "test_with_a_near_copy_in_train_good": {
+            "good": sum(v >= threshold for (v, _), y in zip(train_match, labels, strict=True) if y == 0),
+            "of_good": int((labels == 0).sum()),
+            "defective": sum(v >= threshold for (v, _), y in zip(train_match, labels, strict=True) if y == 1),
+            "of_defective": int((labels == 1).sum()),
+        },
+        "training_anomalies": [str(p) for p in anomalies],
+        "near_copies_of_training_anomalies": [
+            {
+                "test_image": str(test[i]),
+                "of": str(anomaly_match[i][1]),
+                "similarity": round(anomaly_match[i][0], 3),
+                "defective": bool(labels[i]),
+            }
+            for i in near  # fmt: skip
+        ],
+        "runs": [],
+    }
+    copies = report["test_with_a_near_copy_in_train_good"]
+    print(
+        f"{copies['good']} of {copies['of_good']} good and {copies['defective']} of {copies['of_defective']} "
+        f"defective test images have a near-copy among the training normals; {len(near)} test images "
+        f"({int(labels[near].sum())} defective) are near-copies of the {len(anomalies)} training anomalies"
+    )
+    for checkpoint in args.checkpoints:
+        detector, category = on_hold_out(checkpoint, overrides)
+        out = engine.test_outputs(detector, category, progress=False)
+        assert out["labels"] == labels.tolist(), "the test images come in the order of the hold-out"
+        row = {"checkpoint": checkpoint}
+        for name, chosen in subsets.items():
+            masks, maps = [out["masks"][i] for i in chosen], [out["maps"][i] for i in chosen]
+            row[name] = {
+                "images": len(chosen),
+                "image_auroc": metrics.image_auroc(labels[chosen], np.array(out["scores"])[chosen]),
+                "pixel_auroc": metrics.pixel_auroc(masks, maps),
+                "aupro": metrics.aupro(masks, maps),
+                "pixel_ap": metrics.pixel_ap(masks, maps),
+            }
+            print(f"{checkpoint} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row[name].items() if k != "images"))
+        report["runs"].append(row)
+    if args.figure:
+        groups: dict[Path, list[tuple[float, Path]]] = {}
+        for i in near:
+            groups.setdefault(anomaly_match[i][1], []).append((anomaly_match[i][0], test[i]))
+        figure(sorted(groups.items(), key=lambda kv: -len(kv[1]))[:4], args.figure)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
