@@ -86,22 +86,20 @@ IMAGE_FOLDERS = ("maps", "masks", "overlays")  # what predict writes per image
 
 def _open_log(
     path: Path, header: list[str], resume: bool, keep: set[str] | None = None
-) -> tuple[io.TextIOWrapper, set[str]]:
-    """Open a CSV for appending; on resume keep its complete rows (a torn last line is cut off), and with `keep`
-    only those whose path is in it."""
-    done: set[str] = set()
+) -> tuple[io.TextIOWrapper, list[list[str]]]:
+    """Open a CSV for appending, with the rows it keeps: on resume its complete rows (a torn last line is cut off),
+    and with `keep` only those whose path is in it; otherwise none (the file starts afresh)."""
     if resume and path.is_file():
         text = path.read_text()
         rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))  # a kill mid-write tears the last line
         if rows and rows[0] == header:
-            rows = [header] + [row for row in rows[1:] if keep is None or row[0] in keep]
-            done = {row[0] for row in rows[1:]}
+            rows = [row for row in rows[1:] if keep is None or row[0] in keep]
             with path.open("w", newline="") as handle:
-                csv.writer(handle).writerows(rows)
-            return path.open("a", newline=""), done
+                csv.writer(handle).writerows([header, *rows])
+            return path.open("a", newline=""), rows
     handle = path.open("w", newline="")
     csv.writer(handle).writerow(header)
-    return handle, done
+    return handle, []
 
 
 def mask_to_png(defect: np.ndarray, path: Path) -> None:
@@ -125,10 +123,10 @@ class PredictionWriter:
         self.min_area, self.max_pixels = min_area, max_pixels
         for folder in IMAGE_FOLDERS[: 3 if overlays else 2]:
             (out_dir / folder).mkdir(parents=True, exist_ok=True)
-        self._scores, self.done = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
-        self.names = {Path(row[4]).stem for row in _rows(out_dir / "scores.csv")} if self.done else set()
+        self._scores, scored = _open_log(out_dir / "scores.csv", SCORE_HEADER, resume)
         self._errors, failed = _open_log(out_dir / "errors.csv", ERROR_HEADER, resume)
-        self.done |= failed
+        self.done = {row[0] for row in scored + failed}
+        self.names = {Path(row[SCORE_HEADER.index("map")]).stem for row in scored}
         # Regions are written before their image's score row: on resume only those of images already done are kept.
         self._regions, _ = _open_log(out_dir / "regions.csv", REGION_HEADER, resume, keep=self.done)
 
@@ -167,12 +165,6 @@ class PredictionWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _rows(path: Path) -> list[list[str]]:
-    """A CSV's rows after its header."""
-    with path.open(newline="") as handle:
-        return list(csv.reader(handle))[1:]
 
 
 def predict_to_folder(

@@ -46,6 +46,8 @@ def _panel(folder: Path, row: dict, side: int = 160) -> str:
     try:
         image = load_image(row["path"])
     except DataError:  # moved or deleted since it was scored: the map still tells
+        image = None
+    if image is None or image.shape[:2] != values.shape:  # (or replaced by another image)
         image = np.full((*values.shape, 3), 0.5, dtype=np.float32)
     shown = image.copy()
     shown[outline(np.asarray(Image.open(folder / row["mask"])) > 0)] = [1.0, 0.0, 0.0]

@@ -101,7 +101,10 @@ def watch_folder(
             new, waiting = arrived(folder, skip, writer.done, settle, time.time())
             for row in engine.predict(detector, new, progress=False) if new else ():
                 regions = writer.write(row, output_name(row["path"], folder, writer.names))
-                scored, skipped = (scored + 1, skipped) if regions is not None else (scored, skipped + 1)
+                if regions is None:
+                    skipped += 1
+                else:
+                    scored += 1
                 if on_row:
                     on_row(row, regions)
                 if stop():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from defectmap import training
 from defectmap.cli import main
@@ -54,6 +55,7 @@ def test_the_report_counts_what_scores_csv_says_and_shows_the_highest_and_border
 def test_a_gallery_of_two_each_and_a_missing_image(predictions):
     by_score = sorted(_scores(predictions), key=lambda r: -float(r["normalised_score"]))
     Path(by_score[0]["path"]).unlink()  # deleted since it was scored: its card shows the map on grey
+    Image.new("RGB", (9, 5)).save(by_score[1]["path"])  # replaced by an image of another size: the same
     page = write_prediction_report(predictions, gallery_size=2).read_text()
     highest, borderline = page.split("<h2>Closest to the threshold")
     assert re.findall(r'title="([^"]+)"', highest) == [by_score[0]["path"], by_score[1]["path"]]
