@@ -3,10 +3,10 @@
     python bench/holdout.py RUN/model.ckpt [...] --set data.anomaly_sampling=per_type [--out bench/results/holdout.json]
 
 For comparing a model trained without real anomalies (k = 0) with a few-shot one (k = 10) whose
-anomalies were drawn differently: the overrides name the hold-out (`data.anomalies`,
-`data.anomaly_seed`, `data.anomaly_sampling`), and the k = 0 weights do not depend on it (with
-`model.real_share=0` the drawn anomalies are never read in training), so only the evaluated test set
-changes. Other keys are refused: they would change the model or its input, not the hold-out.
+anomalies were drawn differently: the overrides name the hold-out (`data.anomalies`, `data.anomaly_seed`,
+`data.anomaly_sampling`, `data.near_copy_similarity`), and the k = 0 weights do not depend on it (with
+`model.real_share=0` the drawn anomalies are never read in training), so only the evaluated test set changes.
+Other keys are refused: they would change the model or its input, not the hold-out.
 """
 
 import argparse
@@ -18,7 +18,7 @@ from defectmap.config import apply_overrides, parse_sets
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.outputs import METRIC_NAMES
 
-HOLD_OUT_KEYS = {"anomalies", "anomaly_seed", "anomaly_sampling"}
+HOLD_OUT_KEYS = {"anomalies", "anomaly_seed", "anomaly_sampling", "near_copy_similarity"}
 
 
 def hold_out_overrides(parser: argparse.ArgumentParser, sets: list[str]) -> dict:

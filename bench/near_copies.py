@@ -5,12 +5,9 @@
         [--out bench/results/near_copies.json]
 
 Magnetic Tile photographs each tile under several lighting settings (the `expN` in its file names; one tile's shots
-have nearby `num`s), and those shots are separate files, so one tile can be in training and in test. Two images are
-called near-copies here when their fine texture lines up: both in grey, scaled by `--scale` (1/3: Magnetic Tile's
-250-600 pixel images become about 100-200), high-passed (minus a Gaussian blur of sigma 2 pixels, so the lighting's
-shading drops out), standardised, their top-left 128x128 pixels cross-correlated over shifts of up to 12 pixels;
-the peak normalised correlation is the similarity, and near-copies are at a threshold or above (each of
-`--thresholds`; the first for the counts and the figure). It counts:
+have nearby `num`s), and those shots are separate files, so one tile can be in training and in test. Near-copies are
+measured as `defectmap.data.near_copies` does for `data.near_copy_similarity` (fine texture cross-correlated, all
+images at one scale), at each of `--thresholds` (the first for the counts and the figure). It counts:
 
 - test images with a near-copy among the training normals (`train/good`);
 - test images that are near-copies of the few-shot training anomalies the `--set` hold-out draws.
@@ -28,37 +25,22 @@ from pathlib import Path
 import numpy as np
 from holdout import hold_out_overrides, on_hold_out
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from defectmap import engine, metrics
-from defectmap.data.images import load_image
 from defectmap.data.mvtec import open_category
+from defectmap.data.near_copies import signatures, similarity
 
-SIDE, SHIFT = 128, 12
-
-
-def signature(path: Path, scale: float) -> tuple[np.ndarray, int]:
-    """The FFT of an image's standardised, high-passed grey texture (zero-padded for correlation) and its size."""
-    grey = Image.fromarray(np.round(load_image(path).mean(axis=2) * 255).astype(np.uint8))
-    size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
-    pixels = np.asarray(grey.resize(size, Image.BILINEAR), dtype=np.float32)
-    pixels = (pixels - ndimage.gaussian_filter(pixels, 2))[:SIDE, :SIDE]
-    pixels = (pixels - pixels.mean()) / (pixels.std() + 1e-6)
-    padded = np.zeros((2 * SIDE, 2 * SIDE), np.float32)
-    padded[: pixels.shape[0], : pixels.shape[1]] = pixels
-    return np.fft.rfft2(padded), pixels.size
+MAX_PIXELS = 100_000_000
 
 
-def similarity(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> float:
-    """Peak normalised cross-correlation of two signatures over shifts of up to SHIFT pixels each way."""
-    corr = np.fft.irfft2(a[0] * np.conj(b[0]), s=(2 * SIDE, 2 * SIDE))
-    rows = np.concatenate([corr[: SHIFT + 1], corr[-SHIFT:]])
-    return float(np.concatenate([rows[:, : SHIFT + 1], rows[:, -SHIFT:]], axis=1).max() / min(a[1], b[1]))
+def _signed(paths: list[Path]) -> dict[Path, tuple[np.ndarray, int]]:
+    """Each image's signature, all of them at one scale (the median shorter side of these images)."""
+    return dict(zip(paths, signatures(paths, MAX_PIXELS), strict=True))
 
 
-def best_matches(queries: list[Path], references: list[Path], signatures: dict) -> list[tuple[float, Path]]:
+def best_matches(queries: list[Path], references: list[Path], found: dict) -> list[tuple[float, Path]]:
     """For each query, its highest similarity to any reference and that reference."""
-    return [max((similarity(signatures[q], signatures[r]), r) for r in references) for q in queries]
+    return [max((similarity(found[q], found[r]), r) for r in references) for q in queries]
 
 
 def figure(groups: list[tuple[Path, list[tuple[float, Path]]]], path: str, per_row: int = 6) -> None:
@@ -87,7 +69,6 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE")
     parser.add_argument("--thresholds", default="0.5,0.7", help="comma-separated similarity thresholds")
-    parser.add_argument("--scale", type=float, default=1 / 3)
     parser.add_argument("--figure", help="PNG: the training anomalies that have near-copies, and those copies")
     parser.add_argument("--out", default="bench/results/near_copies.json")
     args = parser.parse_args()
@@ -100,9 +81,8 @@ def main() -> None:
     whole = open_category(detector.config.data)
     train = whole.train + whole.val  # every training normal, the validation share included
     test, anomalies = [s.path for s in category.test], [s.path for s in category.anomalies]
-    signatures = {p: signature(p, args.scale) for p in {*[s.path for s in train], *test, *anomalies}}
-    train_match = best_matches(test, [s.path for s in train], signatures)
-    anomaly_match = best_matches(test, anomalies, signatures)
+    train_match = best_matches(test, [s.path for s in train], _signed(test + [s.path for s in train]))
+    anomaly_match = best_matches(test, anomalies, _signed(anomalies + test))  # as data.near_copy_similarity does
     near = [i for i, (value, _) in enumerate(anomaly_match) if value >= threshold]
     subsets = {"all": list(range(len(test)))}
     for t in thresholds:
@@ -112,7 +92,7 @@ def main() -> None:
         "call": "python bench/near_copies.py "
         + " ".join(args.checkpoints)
         + "".join(f" --set {s}" for s in args.set)
-        + f" --thresholds {args.thresholds} --scale {args.scale:.4g}",
+        + f" --thresholds {args.thresholds}",
         "test_images": len(test),
         "test_with_a_near_copy_in_train_good": {
             "good": sum(v >= threshold for (v, _), y in zip(train_match, labels, strict=True) if y == 0),

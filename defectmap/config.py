@@ -35,6 +35,9 @@ class DataConfig:
     anomaly_seed: int = 0  # which k anomalies are drawn (the benchmark sets it to the run's seed)
     # uniform: any k defective images; per_type: as even a share of every defect type (folder) as k allows
     anomaly_sampling: str = "uniform"
+    # Also leave out of evaluation the test images that are near-copies of the drawn anomalies (other shots of the
+    # same part: data/near_copies.py) at this similarity or more; 0 turns it off, 0.7 suits Magnetic Tile.
+    near_copy_similarity: float = 0.0
     texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
     foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks
@@ -218,6 +221,8 @@ def check_values(cfg: Config) -> None:
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be above 0, got {cfg.train.lr}")
     check_rate("train.false_reject_rate", cfg.train.false_reject_rate)
+    if not 0 <= cfg.data.near_copy_similarity <= 1:
+        raise ConfigError(f"data.near_copy_similarity must be in [0, 1] (0: off), got {cfg.data.near_copy_similarity}")
     if cfg.data.tile and cfg.data.tile_overlap >= cfg.data.tile:
         raise ConfigError(f"data.tile_overlap must be below data.tile ({cfg.data.tile}), got {cfg.data.tile_overlap}")
     for name in model_class.positive:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from scipy import ndimage
 
 from defectmap import MODELS, training
 from defectmap.cli import main
@@ -372,31 +371,6 @@ def test_regions_script_counts_found_defects_and_false_regions(tiny_dataset, tmp
     first, second = run["table"]
     assert second["regions_per_good_image"] <= first["regions_per_good_image"]  # a larger minimum keeps fewer
     assert second["regions_per_defective_image"] <= first["regions_per_defective_image"]
-
-
-def test_near_copies_finds_another_shot_of_one_texture_and_not_another_texture(tmp_path, monkeypatch):
-    # bench/near_copies.py: a shifted shot of the same texture under other lighting is a near-copy; another is not.
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    from near_copies import signature, similarity
-
-    rng = np.random.default_rng(0)
-
-    def texture(shape):
-        pixels = ndimage.gaussian_filter(rng.random(shape), 2)
-        return (pixels - pixels.min()) / (pixels.max() - pixels.min())
-
-    tile = texture((330, 420))
-    shading = np.linspace(0.4, 1.0, 412)[None, :]  # another lighting: darker and graded across the tile
-    shots = {"shot": tile[:320, :410], "other_shot": 0.1 + 0.8 * tile[6:326, 2:414] * shading,
-             "other_tile": texture((320, 410))}  # fmt: skip
-    paths = {}
-    for name, pixels in shots.items():
-        paths[name] = tmp_path / f"{name}.png"
-        Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(paths[name])
-    sig = {name: signature(path, 1 / 3) for name, path in paths.items()}
-    assert similarity(sig["shot"], sig["shot"]) == pytest.approx(1.0, abs=1e-3)
-    assert similarity(sig["shot"], sig["other_shot"]) > 0.7
-    assert similarity(sig["shot"], sig["other_tile"]) < 0.3
 
 
 def test_criteria_near_copy_rows_are_the_stored_per_seed_differences():

@@ -36,11 +36,15 @@ class CategoryData:
     anomalies: list[Sample] = field(default_factory=list)  # real anomalies for training, not in `test`
     anomaly_seed: int = 0  # the seed that drew them
     anomaly_sampling: str = "uniform"  # how they were drawn (data.anomaly_sampling)
+    near_copies: list[Sample] = field(default_factory=list)  # other shots of their parts, not in `test` either
+    near_copy_similarity: float = 0.0  # the similarity that made a near-copy (data.near_copy_similarity; 0: off)
 
     def anomaly_record(self) -> dict:
-        """Which real anomalies trained the model (kept in the checkpoint and metrics.json)."""
+        """Which real anomalies trained the model (kept in the checkpoint and metrics.json), and which near-copies
+        of them were left out of the test set."""
         record = {"count": len(self.anomalies), "seed": self.anomaly_seed, "sampling": self.anomaly_sampling}
-        return {**record, "paths": [str(s.path) for s in self.anomalies]}
+        record |= {"paths": [str(s.path) for s in self.anomalies], "near_copy_similarity": self.near_copy_similarity}
+        return record | {"near_copies": [str(s.path) for s in self.near_copies]}
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -199,6 +203,8 @@ def open_category(cfg: DataConfig) -> CategoryData:
     category = formats[name](cfg)
     if cfg.anomalies:
         hold_out_anomalies(category, cfg.anomalies, cfg.anomaly_seed, cfg.anomaly_sampling)
+        if cfg.near_copy_similarity:
+            hold_out_near_copies(category, cfg.near_copy_similarity, cfg.max_pixels)
     return category
 
 
@@ -234,4 +240,19 @@ def hold_out_anomalies(category: CategoryData, k: int, seed: int, sampling: str 
     category.test = [s for s in category.test if s.path not in chosen]
     category.notes.append(
         f"{k} real anomalies (seed {seed}, {sampling} sampling) used for training and removed from the test set"
+    )
+
+
+def hold_out_near_copies(category: CategoryData, threshold: float, max_pixels: int) -> None:
+    """Move the test images that are near-copies of the training anomalies (another shot of the same part) out of
+    the test set too, into `category.near_copies`."""
+    from defectmap.data.near_copies import near_copies
+
+    found = {s.path for s in near_copies(category.anomalies, category.test, threshold, max_pixels)}
+    category.near_copies = [s for s in category.test if s.path in found]
+    category.near_copy_similarity = threshold
+    category.test = [s for s in category.test if s.path not in found]
+    category.notes.append(
+        f"{len(found)} test images that are near-copies of the training anomalies (similarity {threshold:g} or more) "
+        "removed from the test set as well"
     )
