@@ -42,9 +42,14 @@ class CategoryData:
     def anomaly_record(self) -> dict:
         """Which real anomalies trained the model (kept in the checkpoint and metrics.json), and which near-copies
         of them were left out of the test set."""
-        record = {"count": len(self.anomalies), "seed": self.anomaly_seed, "sampling": self.anomaly_sampling}
-        record |= {"paths": [str(s.path) for s in self.anomalies], "near_copy_similarity": self.near_copy_similarity}
-        return record | {"near_copies": [str(s.path) for s in self.near_copies]}
+        return {
+            "count": len(self.anomalies),
+            "seed": self.anomaly_seed,
+            "sampling": self.anomaly_sampling,
+            "paths": [str(s.path) for s in self.anomalies],
+            "near_copy_similarity": self.near_copy_similarity,
+            "near_copies": [str(s.path) for s in self.near_copies],
+        }
 
 
 def _images_in(folder: Path) -> list[Path]:
