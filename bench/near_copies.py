@@ -30,12 +30,10 @@ from defectmap import engine, metrics
 from defectmap.data.mvtec import open_category
 from defectmap.data.near_copies import signatures, similarity
 
-MAX_PIXELS = 100_000_000
 
-
-def _signed(paths: list[Path]) -> dict[Path, tuple[np.ndarray, int]]:
+def _signed(paths: list[Path], max_pixels: int) -> dict[Path, tuple[np.ndarray, int]]:
     """Each image's signature, all of them at one scale (the median shorter side of these images)."""
-    return dict(zip(paths, signatures(paths, MAX_PIXELS), strict=True))
+    return dict(zip(paths, signatures(paths, max_pixels), strict=True))
 
 
 def best_matches(queries: list[Path], references: list[Path], found: dict) -> list[tuple[float, Path]]:
@@ -81,8 +79,9 @@ def main() -> None:
     whole = open_category(detector.config.data)
     train = whole.train + whole.val  # every training normal, the validation share included
     test, anomalies = [s.path for s in category.test], [s.path for s in category.anomalies]
-    train_match = best_matches(test, [s.path for s in train], _signed(test + [s.path for s in train]))
-    anomaly_match = best_matches(test, anomalies, _signed(anomalies + test))  # as data.near_copy_similarity does
+    limit = detector.config.data.max_pixels
+    train_match = best_matches(test, [s.path for s in train], _signed(test + [s.path for s in train], limit))
+    anomaly_match = best_matches(test, anomalies, _signed(anomalies + test, limit))  # as data.near_copy_similarity does
     near = [i for i, (value, _) in enumerate(anomaly_match) if value >= threshold]
     subsets = {"all": list(range(len(test)))}
     for t in thresholds:
@@ -108,7 +107,7 @@ def main() -> None:
                 "similarity": round(anomaly_match[i][0], 3),
                 "defective": bool(labels[i]),
             }
-            for i in near  # fmt: skip
+            for i in near
         ],
         "runs": [],
     }

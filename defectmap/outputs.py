@@ -45,13 +45,24 @@ def collect_images(paths: Iterable[str | Path], skip: Path | None = None) -> lis
     used: set[str] = set()
     unique = []
     for sample, name in found:
-        candidate, n = name, 1
-        while candidate in used or (candidate != name and candidate in taken):
-            n += 1
-            candidate = f"{name}_{n}"
-        used.add(candidate)
-        unique.append((sample, candidate))
+        unique.append((sample, unique_name(name, used, taken)))
+        used.add(unique[-1][1])
     return unique
+
+
+def unique_name(name: str, used: set[str], taken: set[str] = frozenset()) -> str:
+    """`name`, or `name_2`, `name_3` ... : the first not in `used`; a suffixed one must not be in `taken` either."""
+    candidate, n = name, 1
+    while candidate in used or (candidate != name and candidate in taken):
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
+
+
+def complete_csv_rows(path: Path) -> list[list[str]]:
+    """A CSV's rows without a last line still being written (or torn by a kill mid-write)."""
+    text = path.read_text()
+    return list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))
 
 
 def _save_png(pixels: np.ndarray, path: Path | io.BytesIO) -> None:
@@ -90,8 +101,7 @@ def _open_log(
     """Open a CSV for appending, with the rows it keeps: on resume its complete rows (a torn last line is cut off),
     and with `keep` only those whose path is in it; otherwise none (the file starts afresh)."""
     if resume and path.is_file():
-        text = path.read_text()
-        rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))  # a kill mid-write tears the last line
+        rows = complete_csv_rows(path)
         if rows and rows[0] == header:
             rows = [row for row in rows[1:] if keep is None or row[0] in keep]
             with path.open("w", newline="") as handle:

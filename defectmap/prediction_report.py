@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,17 @@ from PIL import Image
 from defectmap.checkpoint import atomic_write
 from defectmap.data.images import load_image
 from defectmap.errors import DataError
-from defectmap.outputs import SCORE_HEADER, outline
+from defectmap.outputs import SCORE_HEADER, complete_csv_rows, outline
 from defectmap.report import CHECK, STYLE, heat, png_uri, svg_curve, svg_histogram
 
 THRESHOLD = 0.5  # the calibrated threshold on the scale of normalised_score
 
 
 def complete_rows(path: Path) -> list[dict]:
-    """A CSV's rows as dicts, without a last line still being written (a watcher appends while this reads)."""
-    if not path.is_file():
-        return []
-    text = path.read_text()
-    return list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1])))
+    """A CSV's rows as dicts, without a last line still being written (a watcher appends while this reads); none
+    when the file is missing."""
+    rows = complete_csv_rows(path) if path.is_file() else []
+    return [dict(zip(rows[0], row, strict=False)) for row in rows[1:]]
 
 
 def rolling(values: np.ndarray, window: int) -> np.ndarray:

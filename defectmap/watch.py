@@ -15,7 +15,7 @@ from pathlib import Path
 from defectmap import engine
 from defectmap.data.images import IMAGE_SUFFIXES
 from defectmap.errors import ConfigError, DataError
-from defectmap.outputs import PredictionWriter
+from defectmap.outputs import PredictionWriter, unique_name
 
 SLEEP_SLICE = 0.1  # seconds: how soon a stop request is seen while the folder is idle
 
@@ -45,12 +45,7 @@ def arrived(folder: Path, skip: Path, done: set[str], settle: float, now: float)
 def output_name(path: Path, folder: Path, used: set[str]) -> str:
     """The file name (no suffix) of an image's map: its path under `folder` joined by `__`, suffixed `_2`, `_3`
     ... where another image already has it."""
-    name = "__".join(path.relative_to(folder).with_suffix("").parts)
-    candidate, n = name, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{name}_{n}"
-    return candidate
+    return unique_name("__".join(path.relative_to(folder).with_suffix("").parts), used)
 
 
 def row_line(row: dict, regions: int | None) -> str:
