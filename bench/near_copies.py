@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from defectmap import engine, metrics
 from defectmap.data.mvtec import open_category
-from defectmap.data.near_copies import signatures, similarity
+from defectmap.data.near_copies import signatures, similarities
 
 
 def _signed(paths: list[Path], max_pixels: int) -> dict[Path, tuple[np.ndarray, int]]:
@@ -38,7 +38,8 @@ def _signed(paths: list[Path], max_pixels: int) -> dict[Path, tuple[np.ndarray, 
 
 def best_matches(queries: list[Path], references: list[Path], found: dict) -> list[tuple[float, Path]]:
     """For each query, its highest similarity to any reference and that reference."""
-    return [max((similarity(found[q], found[r]), r) for r in references) for q in queries]
+    matrix = similarities([found[q] for q in queries], [found[r] for r in references])
+    return [(float(matrix[i, j]), references[j]) for i, j in enumerate(matrix.argmax(axis=1))]
 
 
 def figure(groups: list[tuple[Path, list[tuple[float, Path]]]], path: str, per_row: int = 6) -> None:

@@ -38,6 +38,10 @@ class DataConfig:
     # Also leave out of evaluation the test images that are near-copies of the drawn anomalies (other shots of the
     # same part: data/near_copies.py) at this similarity or more; 0 turns it off, 0.7 suits Magnetic Tile.
     near_copy_similarity: float = 0.0
+    # Leave out of training and validation the good images that are near-copies of any test image (another shot of
+    # a tested part) at this similarity or more, so the test shows parts the model never saw; 0 turns it off.
+    unseen_parts: float = 0.0
+    train_images: int = 0  # train on at most this many good images, drawn with split_seed (0: all of them)
     texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
     foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks
@@ -193,7 +197,8 @@ def resolve_config(values: dict[str, Any], method: str | None = None) -> Config:
 
 # The smallest value of each shared numeric setting (models name theirs in `AnomalyModel.positive`).
 AT_LEAST = {
-    "data.anomalies": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1, "data.num_workers": 0,
+    "data.anomalies": 0, "data.train_images": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1,
+    "data.num_workers": 0,
     "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1, "train.weight_decay": 0,
     "train.patience": 0, "train.max_minutes": 0, "train.checkpoint_every": 1,
 }  # fmt: skip
@@ -221,8 +226,9 @@ def check_values(cfg: Config) -> None:
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be above 0, got {cfg.train.lr}")
     check_rate("train.false_reject_rate", cfg.train.false_reject_rate)
-    if not 0 <= cfg.data.near_copy_similarity <= 1:
-        raise ConfigError(f"data.near_copy_similarity must be in [0, 1] (0: off), got {cfg.data.near_copy_similarity}")
+    for name in ("near_copy_similarity", "unseen_parts"):
+        if not 0 <= getattr(cfg.data, name) <= 1:
+            raise ConfigError(f"data.{name} must be in [0, 1] (0: off), got {getattr(cfg.data, name)}")
     if cfg.data.tile and cfg.data.tile_overlap >= cfg.data.tile:
         raise ConfigError(f"data.tile_overlap must be below data.tile ({cfg.data.tile}), got {cfg.data.tile_overlap}")
     for name in model_class.positive:

@@ -250,6 +250,7 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "device": str(detector.device),
         "versions": versions(),  # of this evaluation; the checkpoint keeps those it was trained with
         "training_anomalies": category.anomaly_record(),
+        "training_normals": category.normals_record(),
         "defect_types": metrics.per_defect_type(labels, scores, [s.defect for s in category.test], threshold),
         "images": [
             {"path": str(category.test[i].path), "defect": category.test[i].defect, "label": label, "score": score}

@@ -304,6 +304,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         category=category.name,
         history=state.history,
         training_anomalies=category.anomaly_record(),
+        training_normals=category.normals_record(),
     )
     atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(state.history, indent=2)))
     distributed.teardown()

@@ -38,6 +38,9 @@ class CategoryData:
     anomaly_sampling: str = "uniform"  # how they were drawn (data.anomaly_sampling)
     near_copies: list[Sample] = field(default_factory=list)  # other shots of their parts, not in `test` either
     near_copy_similarity: float = 0.0  # the similarity that made a near-copy (data.near_copy_similarity; 0: off)
+    seen_parts: list[Sample] = field(default_factory=list)  # good images left out of training: shots of test parts
+    unseen_parts: float = 0.0  # the similarity that left them out (data.unseen_parts; 0: off)
+    train_limit: int = 0  # data.train_images (0: every good training image)
 
     def anomaly_record(self) -> dict:
         """Which real anomalies trained the model (kept in the checkpoint and metrics.json), and which near-copies
@@ -49,6 +52,17 @@ class CategoryData:
             "paths": [str(s.path) for s in self.anomalies],
             "near_copy_similarity": self.near_copy_similarity,
             "near_copies": [str(s.path) for s in self.near_copies],
+        }
+
+    def normals_record(self) -> dict:
+        """Which good images trained and validated the model (kept in the checkpoint and metrics.json), and which
+        were left out as other shots of test parts."""
+        return {
+            "train": len(self.train),
+            "val": len(self.val),
+            "train_images": self.train_limit,
+            "unseen_parts": self.unseen_parts,
+            "left_out_as_seen_parts": [str(s.path) for s in self.seen_parts],
         }
 
 
@@ -210,6 +224,10 @@ def open_category(cfg: DataConfig) -> CategoryData:
         hold_out_anomalies(category, cfg.anomalies, cfg.anomaly_seed, cfg.anomaly_sampling)
         if cfg.near_copy_similarity:
             hold_out_near_copies(category, cfg.near_copy_similarity, cfg.max_pixels)
+    if cfg.unseen_parts:
+        leave_out_seen_parts(category, cfg.unseen_parts, cfg.max_pixels)
+    if cfg.train_images:
+        limit_training(category, cfg.train_images, cfg.split_seed)
     return category
 
 
@@ -261,3 +279,36 @@ def hold_out_near_copies(category: CategoryData, threshold: float, max_pixels: i
         f"{len(found)} test images that are near-copies of the training anomalies (similarity {threshold:g} or more) "
         "removed from the test set as well"
     )
+
+
+def leave_out_seen_parts(category: CategoryData, threshold: float, max_pixels: int) -> None:
+    """Move the good training and validation images that are near-copies of any test image (another shot of a
+    tested part) out of training, into `category.seen_parts`."""
+    from defectmap.data.near_copies import near_copies
+
+    normals = category.train + category.val  # on a terminal, a bar: this compares every pair
+    found = {s.path for s in near_copies(category.test, normals, threshold, max_pixels, progress=True)}
+    had_val = bool(category.val)
+    category.seen_parts = [s for s in normals if s.path in found]
+    category.unseen_parts = threshold
+    category.train = [s for s in category.train if s.path not in found]
+    category.val = [s for s in category.val if s.path not in found]
+    if not category.train or (had_val and not category.val):
+        raise DataError(
+            f"data.unseen_parts={threshold:g} leaves {len(category.train)} training and {len(category.val)} "
+            "validation images: nearly every good image is another shot of a test part; raise the similarity"
+        )
+    category.notes.append(
+        f"{len(found)} good training and validation images that are near-copies of test images (similarity "
+        f"{threshold:g} or more) left out of training: the test shows parts the model never saw"
+    )
+
+
+def limit_training(category: CategoryData, n: int, seed: int) -> None:
+    """Keep n of the good training images, a seeded random draw (the validation images stay)."""
+    if n > len(category.train):
+        raise DataError(f"data.train_images={n}, but {category.name} has {len(category.train)} good training images")
+    chosen = {s.path for s in random.Random(seed).sample(category.train, n)}
+    category.train = [s for s in category.train if s.path in chosen]
+    category.train_limit = n
+    category.notes.append(f"{n} good training images used, drawn with seed {seed}")

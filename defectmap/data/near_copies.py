@@ -14,13 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage
+from tqdm import tqdm
 
 from defectmap.data.images import load_image
 from defectmap.data.mvtec import Sample
+from defectmap.progress import bars_off
 
 SHORT_SIDE, SIDE, SHIFT = 96, 128, 12
+PAD = 144  # the FFT size: at least SIDE + SHIFT, so the shifts looked at wrap round onto nothing
 
 
 def _shorter_side(path: Path, max_pixels: int) -> int:
@@ -43,23 +47,45 @@ def signatures(paths: list[Path], max_pixels: int) -> list[tuple[np.ndarray, int
         pixels = np.asarray(grey.resize(size, Image.BILINEAR), dtype=np.float32)
         pixels = (pixels - ndimage.gaussian_filter(pixels, 2))[:SIDE, :SIDE]
         pixels = (pixels - pixels.mean()) / (pixels.std() + 1e-6)
-        padded = np.zeros((2 * SIDE, 2 * SIDE), np.float32)
+        padded = np.zeros((PAD, PAD), np.float32)
         padded[: pixels.shape[0], : pixels.shape[1]] = pixels
-        found.append((np.fft.rfft2(padded), pixels.size))
+        found.append((np.fft.rfft2(padded).astype(np.complex64), pixels.size))
     return found
 
 
 def similarity(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> float:
     """Peak normalised cross-correlation of two signatures over shifts of up to SHIFT pixels each way."""
-    corr = np.fft.irfft2(a[0] * np.conj(b[0]), s=(2 * SIDE, 2 * SIDE))
-    rows = np.concatenate([corr[: SHIFT + 1], corr[-SHIFT:]])
-    return float(np.concatenate([rows[:, : SHIFT + 1], rows[:, -SHIFT:]], axis=1).max() / min(a[1], b[1]))
+    return float(similarities([a], [b])[0, 0])
 
 
-def near_copies(of: list[Sample], among: list[Sample], threshold: float, max_pixels: int) -> list[Sample]:
+def similarities(
+    of: list[tuple[np.ndarray, int]], among: list[tuple[np.ndarray, int]], chunk: int = 256, progress: bool = False
+) -> np.ndarray:
+    """similarity() of every signature of `of` (rows) to every one of `among` (columns), `chunk` pairs of FFTs at a
+    time (about 0.08 ms a pair on two CPU cores); `progress` draws a bar on a terminal."""
+    found = np.zeros((len(of), len(among)), np.float32)
+    if not of or not among:
+        return found
+    spectra = torch.from_numpy(np.stack([s[0] for s in among]))
+    sizes = torch.tensor([s[1] for s in among], dtype=torch.float32)
+    near = torch.cat([torch.arange(SHIFT + 1), torch.arange(PAD - SHIFT, PAD)])  # the shifts looked at, each way
+    bar = tqdm(of, desc="comparing images", unit="image", disable=bars_off(progress))
+    for row, (spectrum, size) in enumerate(bar):
+        reference = torch.from_numpy(spectrum).conj()
+        for start in range(0, len(among), chunk):
+            corr = torch.fft.irfft2(spectra[start : start + chunk] * reference, s=(PAD, PAD))
+            peak = corr[:, near][:, :, near].amax(dim=(1, 2))
+            found[row, start : start + chunk] = (peak / sizes[start : start + chunk].clamp(max=size)).numpy()
+    return found
+
+
+def near_copies(
+    of: list[Sample], among: list[Sample], threshold: float, max_pixels: int, progress: bool = False
+) -> list[Sample]:
     """The samples of `among` whose similarity to any sample of `of` is `threshold` or more."""
     if not of or not among:
         return []
     found = signatures([s.path for s in of + among], max_pixels)
     references, candidates = found[: len(of)], found[len(of) :]
-    return [s for s, c in zip(among, candidates, strict=True) if max(similarity(r, c) for r in references) >= threshold]
+    best = similarities(references, candidates, progress=progress).max(axis=0)
+    return [s for s, value in zip(among, best, strict=True) if value >= threshold]
