@@ -212,6 +212,15 @@ def test_compare_script_pairs_seeds_and_applies_the_two_std_bar(tmp_path):
     assert subprocess.run(args, capture_output=True, text=True).returncode == 0
     diff = json.loads(out.read_text())["differences_points"]["new_k-10 - k-10"]
     assert diff["image_auroc"]["per_seed"] == [0.0, 0.0, 0.0]
+    # --metrics LABEL=a,b,c: defectmap test's metrics.json files, seeds 0, 1, 2 in the order given
+    files = []
+    for seed, value in enumerate((0.94, 0.93, 0.96)):
+        files.append(tmp_path / f"metrics{seed}.json")
+        files[-1].write_text(json.dumps({"image_auroc": value, "pixel_auroc": 0.8, "aupro": 0.7, "pixel_ap": 0.5}))
+    args = [sys.executable, str(script), str(runs), "--metrics", "m=" + ",".join(map(str, files)), "--pairs", "k-10-m",
+            "--out", str(out)]  # fmt: skip
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    assert json.loads(out.read_text())["differences_points"]["k-10 - m"]["image_auroc"]["per_seed"] == [1.0, 2.1, -0.8]
 
 
 def test_score_factors_script_gives_per_type_auroc_and_the_brightness_correlation(tmp_path):
