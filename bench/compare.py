@@ -1,6 +1,6 @@
 """Seed-by-seed differences between benchmark rows, and whether each clears two standard deviations.
 
-    python bench/compare.py [PREFIX=]runs/BENCH/runs.csv ... [--rows LABEL=holdout.json ...] \
+    python bench/compare.py [[PREFIX=]runs/BENCH/runs.csv ...] [--rows LABEL=holdout.json ...] \
         [--metrics LABEL=seed0/metrics.json,seed1/metrics.json,... ...] --pairs A-B ... --out F
 
 Rows come from a benchmark's runs.csv (one row per model or variant; `PREFIX=runs.csv` labels them PREFIX + model, so
@@ -60,7 +60,7 @@ def compare(rows: dict[str, dict[int, dict[str, float]]], pairs: list[tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="benchmark runs.csv files, each optionally PREFIX=runs.csv")
+    parser.add_argument("runs", nargs="*", help="benchmark runs.csv files, each optionally PREFIX=runs.csv")
     parser.add_argument("--rows", nargs="*", default=[], metavar="LABEL=holdout.json")
     parser.add_argument("--metrics", nargs="*", default=[], metavar="LABEL=metrics.json,...", help="seeds in order")
     parser.add_argument("--pairs", nargs="+", required=True, metavar="A-B")

@@ -39,9 +39,10 @@ class DataConfig:
     # same part: data/near_copies.py) at this similarity or more; 0 turns it off, 0.7 suits Magnetic Tile.
     near_copy_similarity: float = 0.0
     # Leave out of training and validation the good images that are near-copies of any test image (another shot of
-    # a tested part) at this similarity or more, so the test shows parts the model never saw; 0 turns it off.
+    # a tested part) at this similarity or more, so the test shows parts the model never saw; 0 turns it off, 0.7
+    # suits Magnetic Tile.
     unseen_parts: float = 0.0
-    train_images: int = 0  # train on at most this many good images, drawn with split_seed (0: all of them)
+    train_images: int = 0  # train on this many of the good training images, drawn with split_seed (0: all of them)
     texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
     foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks
