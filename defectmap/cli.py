@@ -150,7 +150,8 @@ def cmd_threshold(args: argparse.Namespace) -> None:
     load_checkpoint(args.checkpoint)  # an exported model is refused here, before any scoring
     detector = engine.load(args.checkpoint, device=args.device)
     defects = [sample for sample, _ in outputs.collect_images([args.defects])] if args.defects else None
-    calibration = engine.recalibrate(detector, args.fpr, defects, progress=not args.quiet)
+    good = [sample for sample, _ in outputs.collect_images([args.good])] if args.good else None
+    calibration = engine.recalibrate(detector, args.fpr, defects, progress=not args.quiet, good=good)
     update_calibration(args.checkpoint, calibration)
     print(f"threshold {calibration['threshold']:.6g} ({calibration['threshold_rule']}) saved in {args.checkpoint}")
 
@@ -306,6 +307,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a model.ckpt (updated in place)")
     p.add_argument("--fpr", type=float, default=0.01, help="share of good validation images allowed above it")
     p.add_argument("--defects", help="a folder of defective validation images (not test images): use max F1")
+    p.add_argument("--good", help="a folder of good images to calibrate on instead of the validation split")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
     p.set_defaults(handler=cmd_threshold)

@@ -165,25 +165,34 @@ def calibrate_on_validation(
 
 
 def recalibrate(
-    detector: Detector, false_reject_rate: float, defects: list[Sample] | None = None, progress: bool = False
+    detector: Detector,
+    false_reject_rate: float,
+    defects: list[Sample] | None = None,
+    progress: bool = False,
+    good: list[Sample] | None = None,
 ) -> dict:
     """New thresholds for a trained detector without retraining: at `false_reject_rate` on the validation
-    normals, or, given a user validation set of defective images, at the best image F1 on both."""
+    normals, or, given a user validation set of defective images, at the best image F1 on both. `good` replaces the
+    validation normals with the user's own good images (say, parts the model never trained on); the dataset is then
+    not read."""
     check_rate("the false-reject rate", false_reject_rate)
     data = detector.config.data
-    val_set = ImageDataset(open_category(data).val, data.image_size, max_pixels=data.max_pixels)
+    normals = good if good else open_category(data).val
+    val_set = ImageDataset(normals, data.image_size, max_pixels=data.max_pixels)
     batch, model, device = detector.config.train.eval_batch_size, detector.model, detector.device
-    calibration, good = _validation_calibration(model, val_set, batch, device, false_reject_rate, progress)
+    calibration, good_scores = _validation_calibration(model, val_set, batch, device, false_reject_rate, progress)
+    which = "user-given good" if good else "good validation"
     if not defects:
-        calibration["threshold_rule"] = (
-            f"false-reject rate {false_reject_rate} on {len(val_set)} good validation images"
-        )
+        calibration["threshold_rule"] = f"false-reject rate {false_reject_rate} on {len(val_set)} {which} images"
         return calibration
     bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
     bad = [r["score"] for r in tqdm(infer(model, bad_set, batch, device), "scoring the defective images", len(bad_set),
                                     disable=bars_off(progress), leave=False)]  # fmt: skip
-    calibration["threshold"] = threshold_max_f1([0] * len(good) + [1] * len(bad), good + bad)
-    calibration["threshold_rule"] = f"max image F1 on {len(good)} good and {len(bad)} defective validation images"
+    labels = [0] * len(good_scores) + [1] * len(bad)
+    calibration["threshold"] = threshold_max_f1(labels, good_scores + bad)
+    calibration["threshold_rule"] = (
+        f"max image F1 on {len(good_scores)} {which} and {len(bad)} defective validation images"
+    )
     return calibration
 
 

@@ -1,6 +1,7 @@
 """Thresholds come from held-out images only; re-calibration and max-F1; predict writes decisions and masks."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,21 @@ def test_max_f1_recalibration_with_user_defects(tiny_dataset, tmp_path):
     defects = tiny_dataset / "tiny" / "test" / "hole"  # here standing in for a user's validation defects
     assert main(["threshold", str(ckpt), "--defects", str(defects)]) == 0
     assert "max image F1" in engine.load(ckpt).calibration["threshold_rule"]
+
+
+def test_recalibration_on_a_folder_of_good_images_needs_no_dataset(tiny_dataset, tmp_path):
+    ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    line = tmp_path / "line_good"  # good parts from the line, here the tiny test split's good images
+    shutil.copytree(tiny_dataset / "tiny" / "test" / "good", line)
+    shutil.rmtree(tiny_dataset)  # the training data is gone, as on a deployed line
+    detector = engine.load(ckpt)
+    scores = sorted(row["score"] for row in engine.predict(detector, sorted(line.iterdir()), progress=False))
+    assert main(["threshold", str(ckpt), "--good", str(line), "--fpr", "0.4", "--quiet"]) == 0
+    calibration = engine.load(ckpt).calibration
+    assert calibration["threshold"] == pytest.approx(threshold_at_false_reject(np.array(scores), 0.4), rel=1e-6)
+    assert calibration["threshold_rule"] == "false-reject rate 0.4 on 3 user-given good images"
+    assert main(["threshold", str(ckpt), "--good", str(tmp_path / "missing")]) == 2  # one line, nothing changed
+    assert engine.load(ckpt).calibration == calibration
 
 
 def test_predict_writes_decisions_and_binary_masks(tiny_dataset, tmp_path):
