@@ -4,10 +4,10 @@ Datasets such as Magnetic Tile photograph each part several times and file every
 for few-shot training can still be in the test set under another file name (`data.near_copy_similarity` leaves those
 out), and a tested part can be among the training images (`data.unseen_parts` leaves those out). Two images are
 compared by their fine texture: grey, scaled by one factor for the whole set (so shots from one camera keep one
-physical scale; the median shorter side becomes `SHORT_SIDE` pixels), high-passed (minus a Gaussian blur of sigma 2, so the lighting's shading
-drops out), standardised; their top-left `SIDE` x `SIDE` pixels are cross-correlated over shifts of up to `SHIFT`
-pixels, and the peak normalised correlation is their similarity (1 for a copy; a median of 0.11 over random pairs
-of Magnetic Tile images, and 0.7 or more for every pair we looked at that showed one tile).
+physical scale; the median shorter side becomes `SHORT_SIDE` pixels), high-passed (minus a Gaussian blur of sigma 2,
+so the lighting's shading drops out), standardised; their top-left `SIDE` x `SIDE` pixels are cross-correlated over
+shifts of up to `SHIFT` pixels, and the peak normalised correlation is their similarity (1 for a copy; a median of
+0.11 over random pairs of Magnetic Tile images, and 0.7 or more for every pair we looked at that showed one tile).
 """
 
 from __future__ import annotations
