@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -391,3 +392,22 @@ def test_criteria_near_copy_rows_are_the_stored_per_seed_differences():
         k0, k10 = (run["without_near_copies_0.7"] for run in runs)
         for metric, difference in row["differences_points"].items():
             assert difference["per_seed"][seed] == pytest.approx(100 * (k10[metric] - k0[metric]), abs=0.051)
+
+
+def test_rejects_script_counts_decisions_at_the_checkpoint_threshold(tmp_path):
+    # bench/rejects.py: a re-calibrated threshold applied to a test already scored, nothing scored again
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"calibration": {"threshold": 0.5, "threshold_rule": "user-given"}}, ckpt)
+    images = [{"label": 0, "score": s} for s in (0.1, 0.6, 0.7)] + [{"label": 1, "score": s} for s in (0.5, 0.9)]
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"threshold": 0.65, "images": images}))
+    out = tmp_path / "rejects.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "rejects.py"
+    args = [sys.executable, str(script), str(ckpt), str(metrics), "--out", str(out)]
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+    [row] = json.loads(out.read_text())
+    assert row["calibrated"] == {"threshold": 0.5, "good_rejected": 2, "of_good": 3, "defects_missed": 1,
+                                 "of_defective": 2}  # fmt: skip
+    assert (row["as_tested"]["good_rejected"], row["as_tested"]["defects_missed"]) == (1, 1)
+    bad = subprocess.run([*args[:3], f"{metrics},{metrics}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "one metrics.json per checkpoint" in bad.stderr
