@@ -88,7 +88,7 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     checkpoint = training.fit(cfg, run_dir, progress=progress, resume=last.is_file())
     train_seconds = before + time.perf_counter() - start
     detector = engine.load(checkpoint)
-    report = engine.evaluate(detector, open_category(detector.config.data), progress=progress)
+    report = engine.evaluate(detector, open_category(detector.config.data, normals=False), progress=progress)
     report.update(variant=label, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))
     write_metrics(report, run_dir)
     if progress:

@@ -76,10 +76,10 @@ def cmd_test(args: argparse.Namespace) -> None:
     if args.report:
         from defectmap.report import write_report
 
-        page, report = write_report(detector, open_category(data_cfg), out, progress=not args.quiet)
+        page, report = write_report(detector, open_category(data_cfg, normals=False), out, progress=not args.quiet)
         print(f"wrote {page}")
     else:
-        report = engine.evaluate(detector, open_category(data_cfg), progress=not args.quiet)
+        report = engine.evaluate(detector, open_category(data_cfg, normals=False), progress=not args.quiet)
     path = outputs.write_metrics(report, out)
     print(outputs.format_table(report))
     print(f"wrote {path}")
@@ -209,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     cfg = build_config(None, str(preset), args.set, root=str(root), category="fabric")
     checkpoint = training.fit(cfg, out / "run", progress=not args.quiet)
     detector = engine.load(checkpoint)
-    report = engine.evaluate(detector, open_category(detector.config.data), progress=not args.quiet)
+    report = engine.evaluate(detector, open_category(detector.config.data, normals=False), progress=not args.quiet)
     outputs.write_metrics(report, out / "run")
     print(outputs.format_table(report))
     print(f"checkpoint and metrics.json in {out / 'run'}")

@@ -73,7 +73,7 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     model = build_model(cfg)
     model.load_state_dict(payload["state_dict"])
     model.to(dev).eval()
-    info = {k: payload[k] for k in ("versions", "category", "history") if k in payload}
+    info = {k: payload[k] for k in ("versions", "category", "history", "training_normals") if k in payload}
     return Detector(model, cfg, payload["calibration"], dev, info)
 
 
@@ -259,7 +259,8 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "device": str(detector.device),
         "versions": versions(),  # of this evaluation; the checkpoint keeps those it was trained with
         "training_anomalies": category.anomaly_record(),
-        "training_normals": category.normals_record(),
+        # what trained the model, as its checkpoint recorded it (older checkpoints: the category's good images)
+        "training_normals": detector.info.get("training_normals") or category.normals_record(),
         "defect_types": metrics.per_defect_type(labels, scores, [s.defect for s in category.test], threshold),
         "images": [
             {"path": str(category.test[i].path), "defect": category.test[i].defect, "label": label, "score": score}

@@ -186,4 +186,4 @@ def report_run(run_dir: str | Path, progress: bool = True) -> Path:
         raise DataError(f"no model.ckpt or scores.csv in {run_dir}: give the --out folder of `defectmap train`, "
                         "`predict` or `watch`")  # fmt: skip
     detector = engine.load(run_dir / "model.ckpt")
-    return write_report(detector, open_category(detector.config.data), run_dir, progress=progress)[0]
+    return write_report(detector, open_category(detector.config.data, normals=False), run_dir, progress=progress)[0]

@@ -1,5 +1,6 @@
 """Near-copies: another shot of one part is found, another part is not, and the few-shot hold-out can drop them."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,9 @@ import torch
 from scipy import ndimage
 
 from defectmap import evaluate, load, training
+from defectmap.cli import main
 from defectmap.config import DataConfig, apply_overrides, build_config
+from defectmap.data import near_copies
 from defectmap.data.mvtec import open_category
 from defectmap.data.near_copies import signatures, similarities, similarity
 from defectmap.errors import ConfigError, DataError
@@ -160,7 +163,7 @@ def test_train_images_draws_a_seeded_subset_and_keeps_the_validation_images(seen
         opened(7, 0)
 
 
-def test_the_checkpoint_and_metrics_record_which_normals_trained_the_model(seen_parts_data, tmp_path):
+def test_the_checkpoint_and_metrics_record_which_normals_trained_the_model(seen_parts_data, tmp_path, monkeypatch):
     cfg = tiny_config("ae", seen_parts_data, category="parts")
     apply_overrides(cfg, {"data": {"unseen_parts": 0.7}})
     ckpt = training.fit(cfg, tmp_path / "run", progress=False)
@@ -169,6 +172,11 @@ def test_the_checkpoint_and_metrics_record_which_normals_trained_the_model(seen_
     detector = load(ckpt, device="cpu")
     report = evaluate(detector, open_category(detector.config.data), progress=False)
     assert report["training_normals"] == used and report["test_images"] == 4
+    # `test` reads the test split alone: no images compared again, the record taken from the checkpoint
+    monkeypatch.setattr(near_copies, "similarities", lambda *a, **k: pytest.fail("test compared images again"))
+    assert main(["test", str(ckpt), "--out", str(tmp_path / "tested"), "--quiet"]) == 0
+    tested = json.loads((tmp_path / "tested" / "metrics.json").read_text())
+    assert tested["training_normals"] == used and tested["test_images"] == 4
 
 
 @pytest.mark.parametrize("setting", ["data.unseen_parts=1.5", "data.unseen_parts=-0.1", "data.train_images=-1"])

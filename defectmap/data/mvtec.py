@@ -209,8 +209,10 @@ def dataset_root(cfg: DataConfig) -> Path:
     return root
 
 
-def open_category(cfg: DataConfig) -> CategoryData:
-    """Read the dataset `cfg` names; data.format `auto` detects the layout from the files present."""
+def open_category(cfg: DataConfig, normals: bool = True) -> CategoryData:
+    """Read the dataset `cfg` names; data.format `auto` detects the layout from the files present. `normals=False`
+    skips what only shapes the good training images (data.unseen_parts, data.train_images), for callers that read
+    the test split alone."""
     from defectmap.data.adapters import ADAPTERS, detect_format
 
     if cfg.root and not cfg.good_dir:  # the `folder` format reads data.good_dir instead
@@ -224,9 +226,9 @@ def open_category(cfg: DataConfig) -> CategoryData:
         hold_out_anomalies(category, cfg.anomalies, cfg.anomaly_seed, cfg.anomaly_sampling)
         if cfg.near_copy_similarity:
             hold_out_near_copies(category, cfg.near_copy_similarity, cfg.max_pixels)
-    if cfg.unseen_parts:
+    if normals and cfg.unseen_parts:
         leave_out_seen_parts(category, cfg.unseen_parts, cfg.max_pixels)
-    if cfg.train_images:
+    if normals and cfg.train_images:
         limit_training(category, cfg.train_images, cfg.split_seed)
     return category
 
