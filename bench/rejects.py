@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
+from defectmap.checkpoint import load_checkpoint
 
 
 def decisions(threshold: float, images: list[dict]) -> dict:
@@ -38,7 +38,7 @@ def main() -> None:
         parser.error("give one metrics.json per checkpoint")
     rows = []
     for checkpoint, metrics in zip(checkpoints, metrics_files, strict=True):
-        calibration = torch.load(checkpoint, map_location="cpu", weights_only=True)["calibration"]
+        calibration = load_checkpoint(checkpoint)["calibration"]
         report = json.loads(Path(metrics).read_text())
         row = {"checkpoint": checkpoint, "metrics": metrics, "threshold_rule": calibration.get("threshold_rule"),
                "calibrated": decisions(calibration["threshold"], report["images"]),

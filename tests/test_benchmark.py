@@ -397,7 +397,10 @@ def test_criteria_near_copy_rows_are_the_stored_per_seed_differences():
 def test_rejects_script_counts_decisions_at_the_checkpoint_threshold(tmp_path):
     # bench/rejects.py: a re-calibrated threshold applied to a test already scored, nothing scored again
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"calibration": {"threshold": 0.5, "threshold_rule": "user-given"}}, ckpt)
+    from defectmap.checkpoint import FORMAT, FORMAT_VERSION
+
+    calibration = {"threshold": 0.5, "threshold_rule": "user-given"}
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "calibration": calibration}, ckpt)
     images = [{"label": 0, "score": s} for s in (0.1, 0.6, 0.7)] + [{"label": 1, "score": s} for s in (0.5, 0.9)]
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"threshold": 0.65, "images": images}))

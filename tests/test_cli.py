@@ -277,9 +277,11 @@ def test_progress_bars_only_on_a_terminal_and_epoch_lines_always(tiny_dataset, t
 def test_every_command_and_option_says_what_it_is_for():
     import argparse
 
-    from defectmap.cli import parser
+    from defectmap.arguments import parser
+    from defectmap.cli import HANDLERS
 
     [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(HANDLERS) == set(commands.choices)  # every command runs something, every handler is reachable
     helped = {choice.dest for choice in commands._choices_actions if choice.help}
     assert helped == set(commands.choices)
     missing = [f"{name} {action.option_strings or action.dest}" for name, sub in commands.choices.items()
