@@ -4,7 +4,9 @@
 
 Reads the threshold from each checkpoint (after `defectmap threshold CKPT --good DIR`, say) and counts, among the
 per-image scores of the matching metrics.json (`defectmap test` of the same weights), the good images above it and the
-defective images at or below it. Nothing is scored again.
+defective images at or below it, beside how many good images the threshold's own good images promised it would reject
+(`defectmap.threshold.rejections_expected`: about `expected`, at most `at_most` at 95% confidence). Nothing is scored
+again.
 """
 
 import argparse
@@ -12,6 +14,7 @@ import json
 from pathlib import Path
 
 from defectmap.checkpoint import load_checkpoint
+from defectmap.threshold import calibration_outlook, rejections_expected
 
 
 def decisions(threshold: float, images: list[dict]) -> dict:
@@ -25,6 +28,15 @@ def decisions(threshold: float, images: list[dict]) -> dict:
         "defects_missed": sum(s <= threshold for s in bad),
         "of_defective": len(bad),
     }
+
+
+def promised(calibration: dict, good_images: int) -> dict | None:
+    """Good images the threshold should reject of `good_images`, by its calibration (None: a max-F1 threshold)."""
+    outlook = calibration_outlook(calibration)
+    if outlook is None:
+        return None
+    expected, most = rejections_expected(outlook["expected_false_reject_rate"], calibration["val_images"], good_images)
+    return {"calibration_images": calibration["val_images"], "expected": expected, "at_most": most}
 
 
 def main() -> None:
@@ -43,10 +55,12 @@ def main() -> None:
         row = {"checkpoint": checkpoint, "metrics": metrics, "threshold_rule": calibration.get("threshold_rule"),
                "calibrated": decisions(calibration["threshold"], report["images"]),
                "as_tested": decisions(report["threshold"], report["images"])}  # fmt: skip
+        row["promised"] = promised(calibration, row["calibrated"]["of_good"])
         rows.append(row)
-        c, t = row["calibrated"], row["as_tested"]
+        c, t, p = row["calibrated"], row["as_tested"], row["promised"]
+        promise = f"; promised about {p['expected']:.1f}, at most {p['at_most']}" if p else ""
         print(
-            f"{checkpoint}: {c['good_rejected']} of {c['of_good']} good rejected, {c['defects_missed']} of "
+            f"{checkpoint}: {c['good_rejected']} of {c['of_good']} good rejected{promise}, {c['defects_missed']} of "
             f"{c['of_defective']} defects missed (as tested: {t['good_rejected']}, {t['defects_missed']})"
         )
     if args.out:

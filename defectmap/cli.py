@@ -154,7 +154,9 @@ def cmd_threshold(args: argparse.Namespace) -> None:
     good = [sample for sample, _ in outputs.collect_images([args.good])] if args.good else None
     calibration = engine.recalibrate(detector, args.fpr, defects, progress=not args.quiet, good=good)
     update_calibration(args.checkpoint, calibration)
-    print(f"threshold {calibration['threshold']:.6g} ({calibration['threshold_rule']}) saved in {args.checkpoint}")
+    print(f"threshold {calibration['threshold']:.6g} ({calibration['threshold_rule']}) saved in {args.checkpoint}; "
+          f"expect about {calibration['expected_false_reject_rate']:.1%} of good parts above it, at most "
+          f"{calibration['false_reject_rate_95']:.1%} at 95% confidence")  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -29,7 +29,15 @@ from defectmap.export import load_exported
 from defectmap.models import MODELS, AnomalyModel
 from defectmap.progress import bars_off
 from defectmap.regions import region_figures, region_hits
-from defectmap.threshold import calibrate, normalise, threshold_max_f1
+from defectmap.threshold import (
+    OUTLOOK_KEYS,
+    calibrate,
+    calibration_outlook,
+    false_reject_outlook,
+    normalise,
+    threshold_max_f1,
+    unreliable_rate_warning,
+)
 
 
 @dataclass
@@ -152,6 +160,13 @@ def _validation_calibration(
     return calibrate(scores, [m for _, m in pairs], false_reject_rate), scores
 
 
+def _warn_if_too_few(calibration: dict) -> dict:
+    """The one-line warning of `unreliable_rate_warning` where the threshold follows the false-reject rule."""
+    if warning := unreliable_rate_warning(calibration):
+        warnings.warn(warning, stacklevel=3)
+    return calibration
+
+
 def calibrate_on_validation(
     model: AnomalyModel,
     val_set: ImageDataset,
@@ -161,7 +176,7 @@ def calibrate_on_validation(
     progress: bool = False,
 ) -> dict:
     """Thresholds and normalisation from held-out normal images only (never the test split)."""
-    return _validation_calibration(model, val_set, batch_size, device, false_reject_rate, progress)[0]
+    return _warn_if_too_few(_validation_calibration(model, val_set, batch_size, device, false_reject_rate, progress)[0])
 
 
 def recalibrate(
@@ -184,12 +199,13 @@ def recalibrate(
     which = "user-given good" if good else "good validation"
     if not defects:
         calibration["threshold_rule"] = f"false-reject rate {false_reject_rate} on {len(val_set)} {which} images"
-        return calibration
+        return _warn_if_too_few(calibration)
     bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
     bad = [r["score"] for r in tqdm(infer(model, bad_set, batch, device), "scoring the defective images", len(bad_set),
                                     disable=bars_off(progress), leave=False)]  # fmt: skip
     labels = [0] * len(good_scores) + [1] * len(bad)
     calibration["threshold"] = threshold_max_f1(labels, good_scores + bad)
+    calibration.update(false_reject_outlook(np.array(good_scores), calibration["threshold"]))
     calibration["threshold_rule"] = (
         f"max image F1 on {len(good_scores)} {which} and {len(bad)} defective validation images"
     )
@@ -250,6 +266,9 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "f1_max": None,
         "threshold": threshold,
         "good_rejected": int(((scores_np > threshold) & (labels_np == 0)).sum()),
+        # what the threshold promised for new good images (None: a max-F1 threshold from before it was recorded)
+        **(calibration_outlook(detector.calibration) or dict.fromkeys(OUTLOOK_KEYS)),
+        "calibration_images": detector.calibration.get("val_images"),
         "defects_missed": int(((scores_np <= threshold) & (labels_np == 1)).sum()),
         "inference_images_per_s": len(labels) / max(outputs["seconds"], 1e-9),
         "notes": list(category.notes),

@@ -18,7 +18,7 @@ from defectmap.data.images import is_image_file, load_image
 from defectmap.data.mvtec import Sample
 from defectmap.errors import DataError
 from defectmap.regions import REGION_FIELDS, defect_pixels, defect_regions
-from defectmap.threshold import normalise
+from defectmap.threshold import normalise, rejections_expected
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
 # zlib level of the PNGs predict and the service write. Against PIL's default 6 on Magnetic Tile: overlays encode
@@ -244,10 +244,7 @@ def format_table(report: dict) -> str:
         interval = report.get("image_auroc_interval95") if name == "image_auroc" else None
         spread = f"  (95% interval {interval[0]:.4f}-{interval[1]:.4f} over resampled test images)" if interval else ""
         lines.append(f"  {label:<28} {'n/a' if value is None else f'{value:.4f}'}{spread}")
-    lines.append(
-        f"  at the calibrated threshold: {report['good_rejected']} good rejected, "
-        f"{report['defects_missed']} defects missed"
-    )
+    lines += textwrap.wrap(threshold_sentence(report), 116, initial_indent="  ", subsequent_indent="    ")
     if report.get("regions"):
         lines += textwrap.wrap(regions_sentence(report["regions"]), 116, initial_indent="  ", subsequent_indent="    ")
     for defect, row in report.get("defect_types", {}).items():
@@ -255,6 +252,35 @@ def format_table(report: dict) -> str:
         lines.append(f"    {defect + ':':<26} image AUROC {auroc}, {row['missed']} of {row['images']} missed")
     lines += [f"  note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
+
+
+def threshold_promise(report: dict) -> tuple[str, bool] | None:
+    """What the threshold's good images promised for the test's good images (None where not recorded), and whether
+    more were rejected than that."""
+    good, rate = report["test_images"] - report["defective_images"], report.get("expected_false_reject_rate")
+    if not good or rate is None:
+        return None
+    expected, most = rejections_expected(rate, report["calibration_images"], good)
+    promise = (
+        f"the {report['calibration_images']} good images it was set on promise about {expected:.1f} of {good} good "
+        f"rejected, at most {most} at 95% confidence"
+    )
+    return promise, report["good_rejected"] > most
+
+
+EXCEEDED = (
+    "more good parts rejected than promised: the test's good images differ from those the threshold was set on "
+    "(other parts, lighting, drift); re-calibrate on good images like them (`threshold --good DIR`)"
+)
+
+
+def threshold_sentence(report: dict) -> str:
+    """What the calibrated threshold did on the test, against what its good images promised where recorded."""
+    rejected, missed = report["good_rejected"], report["defects_missed"]
+    sentence = f"at the calibrated threshold: {rejected} good rejected, {missed} defects missed"
+    if promised := threshold_promise(report):
+        sentence += f" ({promised[0]})" + (f"; {EXCEEDED}" if promised[1] else "")
+    return sentence
 
 
 def regions_sentence(figures: dict) -> str:

@@ -18,7 +18,7 @@ from defectmap.checkpoint import atomic_write
 from defectmap.data.images import load_image
 from defectmap.data.mvtec import open_category
 from defectmap.errors import DataError
-from defectmap.outputs import METRIC_NAMES, outline, regions_sentence
+from defectmap.outputs import EXCEEDED, METRIC_NAMES, outline, regions_sentence, threshold_promise
 from defectmap.regions import defect_pixels
 from defectmap.threshold import normalise
 
@@ -138,6 +138,11 @@ def write_report(detector, category, out_dir: str | Path, *, gallery_size: int =
         f"{threshold:.5g} (set on good validation images only): <b>{report['good_rejected']} good parts "
         f"rejected / {report['defects_missed']} defects missed</b>. F1-max uses an oracle threshold.</p>",
     ]
+    if promised := threshold_promise(report):
+        promise = html.escape(promised[0][0].upper() + promised[0][1:])
+        body.append(
+            f"<p>{promise}." + (f" <b>{html.escape(EXCEEDED.capitalize())}.</b>" if promised[1] else "") + "</p>"
+        )
     if report.get("regions"):
         body.append(f"<p>{html.escape(regions_sentence(report['regions']).capitalize())}.</p>")
     if report.get("image_auroc_interval95"):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy.stats import beta, betabinom
+
+CONFIDENCE = 0.95  # of the upper bound on the false-reject rate a threshold promises
+OUTLOOK_KEYS = ("expected_false_reject_rate", "false_reject_rate_95")
 
 
 def threshold_at_false_reject(good_scores: np.ndarray, false_reject_rate: float) -> float:
@@ -14,13 +20,79 @@ def threshold_at_false_reject(good_scores: np.ndarray, false_reject_rate: float)
     return float(scores[len(scores) - 1 - min(allowed, len(scores) - 1)])
 
 
+def false_reject_outlook(good_scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """What a threshold set on n good images promises for new good images of the same kind.
+
+    If m of the n good scores are above t, t is at or above their (m+1)-th largest, and for exchangeable scores
+    without ties the share of new good images above that order statistic is Beta(m + 1, n - m) distributed: expected
+    (m + 1) / (n + 1), whatever the score distribution. So the rule "at most r of the validation images above it"
+    rejects more than r of new good parts on average, and a threshold at the maximum of 30 images is expected to
+    reject 1/31 = 3.2% of them, and up to 9.5% with 95% confidence. The figures are upper bounds where t lies
+    between two scores (a max-F1 threshold).
+    """
+    scores = np.asarray(good_scores, dtype=np.float64)
+    return _outlook(len(scores), int((scores > threshold).sum()))
+
+
+def _outlook(n: int, above: int) -> dict[str, float]:
+    upper = 1.0 if above == n else float(beta.ppf(CONFIDENCE, above + 1, n - above))
+    return {"expected_false_reject_rate": (above + 1) / (n + 1), "false_reject_rate_95": upper}
+
+
+def calibration_outlook(calibration: dict) -> dict[str, float] | None:
+    """A calibration's `false_reject_outlook`: as recorded, or, for checkpoints from before it was, derived from the
+    false-reject rule (at most floor(r n) of the n good images above); None for a max-F1 threshold without it."""
+    if "expected_false_reject_rate" in calibration:
+        return {key: calibration[key] for key in OUTLOOK_KEYS}
+    rule = calibration.get("threshold_rule", "false-reject rate")
+    if not rule.startswith("false-reject rate") or "val_images" not in calibration:
+        return None
+    n = calibration["val_images"]
+    return _outlook(n, min(int(np.floor(calibration["false_reject_rate"] * n)), n - 1))
+
+
+def rejections_expected(expected_rate: float, calibration_images: int, good_images: int) -> tuple[float, int]:
+    """How many of `good_images` new good images a threshold should reject, on average and at most with 95%
+    confidence: the Beta rate of `false_reject_outlook`, then the binomial draw of that many images (beta-binomial),
+    so both the calibration's few images and the test's own sampling are in the bound."""
+    n = calibration_images
+    a = round(expected_rate * (n + 1))  # m + 1, the threshold's rank from the top among the n good scores
+    if a > n:  # below every good score: every new good image is expected above it
+        return float(good_images), good_images
+    return good_images * expected_rate, int(betabinom.ppf(CONFIDENCE, good_images, a, n + 1 - a))
+
+
+def images_for_rate(false_reject_rate: float) -> int:
+    """The fewest good images whose threshold at `false_reject_rate` is expected to reject at most twice that.
+
+    Below 1/r images the threshold is their maximum, expected to reject 1/(n+1) of new good parts: at most 2r from
+    n = 1/(2r) - 1 on. Above, floor(r n) + 1 of n + 1 stays under 2r."""
+    return math.ceil(1 / (2 * false_reject_rate) - 1)
+
+
+def unreliable_rate_warning(calibration: dict) -> str | None:
+    """One line when the validation images are too few to hold the asked false-reject rate (to within twice)."""
+    asked, expected = calibration["false_reject_rate"], calibration["expected_false_reject_rate"]
+    if not asked or expected <= 2 * asked:
+        return None
+    return (
+        f"{calibration['val_images']} good validation images cannot hold the false-reject rate to {asked:.2%}: "
+        f"expect about {expected:.1%} of good parts rejected (up to {calibration['false_reject_rate_95']:.1%} at "
+        f"{CONFIDENCE:.0%} confidence); {images_for_rate(asked)} or more hold it to within twice that (raise "
+        "data.val_fraction, or calibrate on more good images with `defectmap threshold CKPT --good DIR`)"
+    )
+
+
 def calibrate(val_scores: list[float], val_maps: list[np.ndarray], false_reject_rate: float) -> dict[str, float]:
-    """Statistics of normal validation images: image-score and pixel-map thresholds and medians."""
+    """Statistics of normal validation images: image-score and pixel-map thresholds and medians, and what the image
+    threshold promises for new good images (`false_reject_outlook`)."""
     val_scores = np.asarray(val_scores, dtype=np.float64)
     maxima = np.array([m.max() for m in val_maps])
+    threshold = threshold_at_false_reject(val_scores, false_reject_rate)
     return {
         "false_reject_rate": float(false_reject_rate),
-        "threshold": threshold_at_false_reject(val_scores, false_reject_rate),
+        "threshold": threshold,
+        **false_reject_outlook(val_scores, threshold),
         "score_median": float(np.median(val_scores)),
         "map_threshold": threshold_at_false_reject(maxima, false_reject_rate),
         "map_median": float(np.median(np.concatenate([m.ravel() for m in val_maps]))),

@@ -399,7 +399,8 @@ def test_rejects_script_counts_decisions_at_the_checkpoint_threshold(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     from defectmap.checkpoint import FORMAT, FORMAT_VERSION
 
-    calibration = {"threshold": 0.5, "threshold_rule": "user-given"}
+    calibration = {"threshold": 0.5, "threshold_rule": "false-reject rate 0.0 on 30 good", "false_reject_rate": 0.0,
+                   "val_images": 30}  # fmt: skip
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "calibration": calibration}, ckpt)
     images = [{"label": 0, "score": s} for s in (0.1, 0.6, 0.7)] + [{"label": 1, "score": s} for s in (0.5, 0.9)]
     metrics = tmp_path / "metrics.json"
@@ -412,5 +413,6 @@ def test_rejects_script_counts_decisions_at_the_checkpoint_threshold(tmp_path):
     assert row["calibrated"] == {"threshold": 0.5, "good_rejected": 2, "of_good": 3, "defects_missed": 1,
                                  "of_defective": 2}  # fmt: skip
     assert (row["as_tested"]["good_rejected"], row["as_tested"]["defects_missed"]) == (1, 1)
+    assert row["promised"] == {"calibration_images": 30, "expected": pytest.approx(3 / 31), "at_most": 1}
     bad = subprocess.run([*args[:3], f"{metrics},{metrics}"], capture_output=True, text=True)
     assert bad.returncode == 2 and "one metrics.json per checkpoint" in bad.stderr

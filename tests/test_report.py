@@ -30,6 +30,7 @@ def test_report_is_self_contained(report_page):
     assert "<table>" in page and page.count("<svg") == 4  # ROC, PR, PRO, histogram
     assert page.count('<img alt="') == 9  # every test image in the gallery
     assert "good parts rejected" in page and "defects missed" in page
+    assert "The 2 good images it was set on promise about 1.0 of 3 good rejected, at most" in page
     assert "Outlined at the pixel threshold (as in regions.csv):" in page  # evaluate's region figures in words
     assert "<th>defect type</th>" in page
     assert (report_page.parent / "metrics.json").is_file()
