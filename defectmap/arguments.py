@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.anomalies=10")
     common(p)
 
-    p = sub.add_parser("models", help="list the available methods")
+    sub.add_parser("models", help="list the available methods")
 
     p = sub.add_parser("config", help="print the default configuration of a method as YAML")
     p.add_argument("--model", choices=list(MODELS), default="ae", help="method (default: ae)")

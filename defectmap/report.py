@@ -111,6 +111,11 @@ def _gallery_order(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     return [int(i) for i in missed + rejected + rest]
 
 
+def _sentence(text: str) -> str:
+    """A clause as a sentence: first letter upper case, the rest as it is (`str.capitalize` lowers it), a full stop."""
+    return text[0].upper() + text[1:] + "."
+
+
 def _defect_table(defect_types: dict[str, dict]) -> str:
     """HTML table of the per-defect-type breakdown `engine.evaluate` reports."""
     rows = []
@@ -139,10 +144,8 @@ def write_report(detector, category, out_dir: str | Path, *, gallery_size: int =
         f"rejected / {report['defects_missed']} defects missed</b>. F1-max uses an oracle threshold.</p>",
     ]
     if promised := threshold_promise(report):
-        promise = html.escape(promised[0][0].upper() + promised[0][1:])
-        body.append(
-            f"<p>{promise}." + (f" <b>{html.escape(EXCEEDED.capitalize())}.</b>" if promised[1] else "") + "</p>"
-        )
+        exceeded = f" <b>{html.escape(_sentence(EXCEEDED))}</b>" if promised[1] else ""
+        body.append(f"<p>{html.escape(_sentence(promised[0]))}{exceeded}</p>")
     if report.get("regions"):
         body.append(f"<p>{html.escape(regions_sentence(report['regions']).capitalize())}.</p>")
     if report.get("image_auroc_interval95"):

@@ -71,12 +71,13 @@ def images_for_rate(false_reject_rate: float) -> int:
 
 
 def unreliable_rate_warning(calibration: dict) -> str | None:
-    """One line when the validation images are too few to hold the asked false-reject rate (to within twice)."""
+    """One line when the good images a threshold was set on are too few to hold the asked false-reject rate (to
+    within twice)."""
     asked, expected = calibration["false_reject_rate"], calibration["expected_false_reject_rate"]
     if not asked or expected <= 2 * asked:
         return None
     return (
-        f"{calibration['val_images']} good validation images cannot hold the false-reject rate to {asked:.2%}: "
+        f"{calibration['val_images']} good images cannot hold the false-reject rate to {asked:.2%}: "
         f"expect about {expected:.1%} of good parts rejected (up to {calibration['false_reject_rate_95']:.1%} at "
         f"{CONFIDENCE:.0%} confidence); {images_for_rate(asked)} or more hold it to within twice that (raise "
         "data.val_fraction, or calibrate on more good images with `defectmap threshold CKPT --good DIR`)"

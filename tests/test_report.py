@@ -36,6 +36,14 @@ def test_report_is_self_contained(report_page):
     assert (report_page.parent / "metrics.json").is_file()
 
 
+def test_report_sentences_keep_their_case():
+    from defectmap.outputs import EXCEEDED
+    from defectmap.report import _sentence
+
+    assert _sentence(EXCEEDED).startswith("More good parts rejected than promised: the test's")
+    assert _sentence(EXCEEDED).endswith("(`threshold --good DIR`).")  # str.capitalize would give "dir"
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium chromium-driver)")
 def test_report_renders_in_headless_chromium(report_page, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
