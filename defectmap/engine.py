@@ -160,13 +160,6 @@ def _validation_calibration(
     return calibrate(scores, [m for _, m in pairs], false_reject_rate), scores
 
 
-def _warn_if_too_few(calibration: dict) -> dict:
-    """The one-line warning of `unreliable_rate_warning` where the threshold follows the false-reject rule."""
-    if warning := unreliable_rate_warning(calibration):
-        warnings.warn(warning, stacklevel=3)
-    return calibration
-
-
 def calibrate_on_validation(
     model: AnomalyModel,
     val_set: ImageDataset,
@@ -176,7 +169,7 @@ def calibrate_on_validation(
     progress: bool = False,
 ) -> dict:
     """Thresholds and normalisation from held-out normal images only (never the test split)."""
-    return _warn_if_too_few(_validation_calibration(model, val_set, batch_size, device, false_reject_rate, progress)[0])
+    return _validation_calibration(model, val_set, batch_size, device, false_reject_rate, progress)[0]
 
 
 def recalibrate(
@@ -194,12 +187,14 @@ def recalibrate(
     data = detector.config.data
     normals = good if good else open_category(data).val
     val_set = ImageDataset(normals, data.image_size, max_pixels=data.max_pixels)
+    if not defects and (warning := unreliable_rate_warning(len(val_set), false_reject_rate)):
+        warnings.warn(warning, stacklevel=2)
     batch, model, device = detector.config.train.eval_batch_size, detector.model, detector.device
     calibration, good_scores = _validation_calibration(model, val_set, batch, device, false_reject_rate, progress)
     which = "user-given good" if good else "good validation"
     if not defects:
         calibration["threshold_rule"] = f"false-reject rate {false_reject_rate} on {len(val_set)} {which} images"
-        return _warn_if_too_few(calibration)
+        return calibration
     bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
     bad = [r["score"] for r in tqdm(infer(model, bad_set, batch, device), "scoring the defective images", len(bad_set),
                                     disable=bars_off(progress), leave=False)]  # fmt: skip

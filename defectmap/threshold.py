@@ -47,8 +47,12 @@ def calibration_outlook(calibration: dict) -> dict[str, float] | None:
     rule = calibration.get("threshold_rule", "false-reject rate")
     if not rule.startswith("false-reject rate") or "val_images" not in calibration:
         return None
-    n = calibration["val_images"]
-    return _outlook(n, min(int(np.floor(calibration["false_reject_rate"] * n)), n - 1))
+    return _rule_outlook(calibration["val_images"], calibration["false_reject_rate"])
+
+
+def _rule_outlook(n: int, false_reject_rate: float) -> dict[str, float]:
+    """The outlook of the false-reject rule's threshold on n good images: floor(r n) of them above it."""
+    return _outlook(n, min(int(np.floor(false_reject_rate * n)), n - 1))
 
 
 def rejections_expected(expected_rate: float, calibration_images: int, good_images: int) -> tuple[float, int]:
@@ -70,17 +74,21 @@ def images_for_rate(false_reject_rate: float) -> int:
     return math.ceil(1 / (2 * false_reject_rate) - 1)
 
 
-def unreliable_rate_warning(calibration: dict) -> str | None:
-    """One line when the good images a threshold was set on are too few to hold the asked false-reject rate (to
-    within twice)."""
-    asked, expected = calibration["false_reject_rate"], calibration["expected_false_reject_rate"]
-    if not asked or expected <= 2 * asked:
+def unreliable_rate_warning(good_images: int, false_reject_rate: float) -> str | None:
+    """One line when `good_images` are too few for a threshold at `false_reject_rate` to hold that rate to within
+    twice (known before any scoring: the rule puts floor(r n) of them above it, ties aside)."""
+    n, asked = good_images, false_reject_rate
+    if not asked or not n:
+        return None
+    outlook = _rule_outlook(n, asked)
+    expected, upper = outlook["expected_false_reject_rate"], outlook["false_reject_rate_95"]
+    if expected <= 2 * asked:
         return None
     return (
-        f"{calibration['val_images']} good images cannot hold the false-reject rate to {asked:.2%}: "
-        f"expect about {expected:.1%} of good parts rejected (up to {calibration['false_reject_rate_95']:.1%} at "
-        f"{CONFIDENCE:.0%} confidence); {images_for_rate(asked)} or more hold it to within twice that (raise "
-        "data.val_fraction, or calibrate on more good images with `defectmap threshold CKPT --good DIR`)"
+        f"{n} good images cannot hold the false-reject rate to {asked:.2%}: expect about {expected:.1%} of good parts "
+        f"rejected (up to {upper:.1%} at {CONFIDENCE:.0%} confidence); {images_for_rate(asked)} or more hold it to "
+        "within twice that (raise data.val_fraction, or calibrate on more good images with `defectmap threshold CKPT "
+        "--good DIR`)"
     )
 
 

@@ -34,6 +34,7 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
+from defectmap.threshold import unreliable_rate_warning
 
 
 @torch.no_grad()
@@ -61,6 +62,8 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
                       "stopping and the threshold use the training images, which the model fits best, so more good "
                       "parts than train.false_reject_rate will be rejected; hold some out with data.val_fraction",
                       stacklevel=3)  # fmt: skip
+    elif warning := unreliable_rate_warning(len(category.val), cfg.train.false_reject_rate):
+        warnings.warn(warning, stacklevel=3)  # now, not after training: it depends on the count alone
     train_set = ImageDataset(category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels)
     val_set = ImageDataset(
         category.val or category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels

@@ -63,18 +63,20 @@ def test_old_checkpoints_get_the_outlook_their_rule_implies():
     assert calibration_outlook({**older, "threshold_rule": "max image F1 on 76 good and 5 defective"}) is None
 
 
-def test_too_few_validation_images_for_the_asked_rate_warn_with_what_to_do():
-    few = calibrate(list(np.linspace(0, 1, 30)), [np.zeros((2, 2))] * 30, 0.01)
-    warning = unreliable_rate_warning(few)
+def test_too_few_good_images_for_the_asked_rate_warn_with_what_to_do():
+    warning = unreliable_rate_warning(30, 0.01)
     assert warning.startswith("30 good images cannot hold the false-reject rate to 1.00%: expect about 3.2%")
     assert "up to 9.5% at 95% confidence" in warning and "49 or more" in warning
-    assert unreliable_rate_warning(calibrate(list(np.linspace(0, 1, 49)), [np.zeros((2, 2))] * 49, 0.01)) is None
-    assert unreliable_rate_warning(calibrate(list(np.linspace(0, 1, 5)), [np.zeros((2, 2))] * 5, 0.0)) is None
+    scores = list(np.linspace(0, 1, 30))
+    assert calibrate(scores, [np.zeros((2, 2))] * 30, 0.01)["expected_false_reject_rate"] == pytest.approx(1 / 31)
+    assert unreliable_rate_warning(49, 0.01) is None
+    assert unreliable_rate_warning(5, 0.0) is None  # the maximum, asked for
 
 
 def test_train_warns_and_test_compares_the_good_rejected_with_the_promise(tiny_dataset, tmp_path, capsys):
-    with pytest.warns(UserWarning, match="2 good images cannot hold the false-reject rate to 1.00%"):
+    with pytest.warns(UserWarning, match="2 good images cannot hold the false-reject rate to 1.00%") as caught:
         ckpt = training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "run", progress=False)
+    assert len([w for w in caught if "cannot hold" in str(w.message)]) == 1  # once, before training
     calibration = engine.load(ckpt).calibration
     assert calibration["expected_false_reject_rate"] == pytest.approx(1 / 3)
     assert main(["test", str(ckpt), "--quiet"]) == 0
