@@ -26,9 +26,9 @@ def false_reject_outlook(good_scores: np.ndarray, threshold: float) -> dict[str,
     If m of the n good scores are above t, t is at or above their (m+1)-th largest, and for exchangeable scores
     without ties the share of new good images above that order statistic is Beta(m + 1, n - m) distributed: expected
     (m + 1) / (n + 1), whatever the score distribution. So the rule "at most r of the validation images above it"
-    rejects at least r of new good parts on average, and mostly more, and a threshold at the maximum of 30 images is expected to
-    reject 1/31 = 3.2% of them, and up to 9.5% with 95% confidence. The figures are upper bounds where t lies
-    between two scores (a max-F1 threshold).
+    rejects at least r of new good parts on average, and mostly more; a threshold at the maximum of 30 images is
+    expected to reject 1/31 = 3.2% of them, and up to 9.5% with 95% confidence. The figures are upper bounds where t
+    lies between two scores (a max-F1 threshold).
     """
     scores = np.asarray(good_scores, dtype=np.float64)
     return _outlook(len(scores), int((scores > threshold).sum()))
