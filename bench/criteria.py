@@ -78,6 +78,8 @@ def criteria() -> list[dict]:
     prn = benchmark_rows("benchmark_mt_prn256_pertype")
     retrained = near_copy_rows("near_copies_mt", "all")  # the same recipe, trained again in session 27
     no_copies = {t: near_copy_rows("near_copies_mt", f"without_near_copies_{t}") for t in ("0.5", "0.7")}
+    again = {m: benchmark_rows(f"unseen_parts_mt/{m}_all")[m] for m in ("ae", "daad")}  # sessions 29-30
+    again["pmb+hee"] = rescored_rows("unseen_parts_mt/postprocess_pmb_all.json")["pmb + hee"]
     denoised = {m: rescored_rows(f"denoise_mt_cpu128/postprocess_{m}.json") for m in ("ae", "daad", "pmb")}
     denoised_averaged = {
         m: rescored_rows(f"denoise_mt_cpu128/averaged/postprocess_{m}.json") for m in ("ae", "daad", "pmb")
@@ -87,6 +89,8 @@ def criteria() -> list[dict]:
          "DAAD+ (default blocks, scale 8) vs AE, 128², 15 epochs", daad_plus["scale8"], ae_128),
         ("#3", "", ("image_auroc",), "DAAD+ at block scale 16 vs AE, same recipe", daad_plus["scale16"], ae_128),
         ("#3", "", ("image_auroc",), "DAAD+ at block scale 32 vs AE, same recipe", daad_plus["scale32"], ae_128),
+        ("#3", "", ("image_auroc",), "DAAD+ vs AE, the default recipe trained again (sessions 29-30)",
+         again["daad"], again["ae"]),
         ("#3", "", ("image_auroc",), "DAAD+ vs AE, 128², 60 epochs, normalize + HEE", long60["daad"], long60["ae"]),
         ("#3", "", ("image_auroc",), "DAAD+ vs AE, both with averaged weights, 128², 15 epochs", averaged["daad"],
          averaged["ae"]),
@@ -98,6 +102,8 @@ def criteria() -> list[dict]:
          denoised_averaged["daad"]["daad + normalize+hee"], denoised_averaged["ae"]["ae + normalize+hee"]),
         ("#4", "PMB + HEE beats the AE on image AUROC and AU-PRO", ("image_auroc", "aupro"),
          "PMB + HEE vs AE, 128², 15 epochs", hee["pmb+hee"], hee["ae"]),
+        ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, the default recipe trained again (sessions 29-30)",
+         again["pmb+hee"], again["ae"]),
         ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, both trained to rebuild clean images",
          denoised["pmb"]["pmb + hee"], denoised["ae"]["ae + none"]),
         ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, both trained to rebuild clean images, averaged weights",
