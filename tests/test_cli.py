@@ -87,7 +87,8 @@ def test_train_test_predict_agree(trained, tiny_dataset, tmp_path, capsys):
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert len(rows) == 7
     defects = sum(row["decision"] == "defect" for row in rows)
-    assert f"decisions in it: {defects} defect, {7 - defects} good" in capsys.readouterr().out
+    promise = "the threshold's 1 good image promises about 50.0% of good parts rejected, at most 95.0% at 95%"
+    assert f"decisions in it: {defects} defect, {7 - defects} good; {promise}" in capsys.readouterr().out
     for row in rows:
         image = Image.open(row["path"])
         assert Image.open(out / row["map"]).size == image.size  # maps at the original resolution
