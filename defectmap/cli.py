@@ -25,7 +25,7 @@ from defectmap.errors import DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
 from defectmap.resume import StopSignals
-from defectmap.threshold import calibration_outlook
+from defectmap.threshold import CONFIDENCE, calibration_outlook
 
 
 def _program() -> str:
@@ -142,7 +142,7 @@ def _promise(calibration: dict) -> str:
     n = calibration["val_images"]
     return (f"; the threshold's {n} good image{'s' * (n != 1)} promise{'s' * (n == 1)} about "
             f"{outlook['expected_false_reject_rate']:.1%} of good parts rejected, at most "
-            f"{outlook['false_reject_rate_95']:.1%} at 95% confidence")  # fmt: skip
+            f"{outlook['false_reject_rate_95']:.1%} at {CONFIDENCE:.0%} confidence")  # fmt: skip
 
 
 def cmd_watch(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from defectmap.data.images import is_image_file, load_image
 from defectmap.data.mvtec import Sample
 from defectmap.errors import DataError
 from defectmap.regions import REGION_FIELDS, defect_pixels, defect_regions
-from defectmap.threshold import normalise, rejections_expected
+from defectmap.threshold import CONFIDENCE, normalise, rejections_expected
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
 # zlib level of the PNGs predict and the service write. Against PIL's default 6 on Magnetic Tile: overlays encode
@@ -263,7 +263,7 @@ def threshold_promise(report: dict) -> tuple[str, bool] | None:
     expected, most = rejections_expected(rate, report["calibration_images"], good)
     promise = (
         f"the {report['calibration_images']} good images it was set on promise about {expected:.1f} of {good} good "
-        f"rejected, at most {most} at 95% confidence"
+        f"rejected, at most {most} at {CONFIDENCE:.0%} confidence"
     )
     return promise, report["good_rejected"] > most
 

@@ -147,7 +147,7 @@ def write_report(detector, category, out_dir: str | Path, *, gallery_size: int =
         exceeded = f" <b>{html.escape(_sentence(EXCEEDED))}</b>" if promised[1] else ""
         body.append(f"<p>{html.escape(_sentence(promised[0]))}{exceeded}</p>")
     if report.get("regions"):
-        body.append(f"<p>{html.escape(regions_sentence(report['regions']).capitalize())}.</p>")
+        body.append(f"<p>{html.escape(_sentence(regions_sentence(report['regions'])))}</p>")
     if report.get("image_auroc_interval95"):
         low, high = report["image_auroc_interval95"]
         body.append(f"<p>Image AUROC, 95% bootstrap interval over the test images: {low:.4f} to {high:.4f} (how far "
