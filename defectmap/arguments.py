@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on the good images of one category")
     p.add_argument("--model", choices=list(MODELS), default=None, help="method (default: the preset's, else ae)")
-    p.add_argument("--data", help="dataset root (MVTec AD layout: ROOT/CATEGORY/train/good ...)")
+    p.add_argument("--data", help="dataset root (MVTec AD or another layout), or a folder of good images")
     p.add_argument("--category", help="category folder under --data")
     p.add_argument("--out", required=True, help="run folder for model.ckpt, last.ckpt and history.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from last.ckpt")
@@ -39,8 +39,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test", help="evaluate a checkpoint on its test split; writes metrics.json")
     p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
-    p.add_argument("--data", help="dataset root (default: the one it was trained on)")
+    p.add_argument("--data", help="dataset root, its layout detected (default: the one it was trained on)")
     p.add_argument("--category", help="category folder under --data (default: the one it was trained on)")
+    p.add_argument("--good", help="instead of a dataset: a folder of good test images (searched recursively)")
+    p.add_argument("--defects", nargs="+", default=[],
+                   help="instead of a dataset: folders of defective test images (subfolder = defect type)")  # fmt: skip
+    p.add_argument("--masks", help="with --defects: their masks, by name (<stem>_mask.png, or in a subfolder per type)")
     p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
     p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
     p.add_argument("--report", action="store_true", help="also write report.html (curves, histograms, gallery)")

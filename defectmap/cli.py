@@ -20,8 +20,9 @@ from defectmap.arguments import parser
 from defectmap.checkpoint import load_checkpoint, update_calibration
 from defectmap.config import build_config, check_values, commented_yaml, resolve_config
 from defectmap.data.demo import write_demo_dataset
-from defectmap.data.mvtec import open_category
-from defectmap.errors import DefectmapError
+from defectmap.data.folders import open_test_folders
+from defectmap.data.mvtec import CategoryData, open_category
+from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
 from defectmap.resume import StopSignals
@@ -68,20 +69,43 @@ def _set_tile(detector: engine.Detector, tile: int | None) -> None:
         check_values(detector.config)
 
 
+def _test_split(detector: engine.Detector, args: argparse.Namespace) -> CategoryData:
+    """What `test` evaluates: the checkpoint's dataset, another one (--data, its layout detected afresh), or plain
+    folders (--good, --defects, --masks)."""
+    data_cfg = detector.config.data
+    if args.good or args.defects:
+        if args.data or args.category:
+            raise DefectmapError("give either --data/--category or --good/--defects, not both")
+        name = detector.info.get("category") or data_cfg.category or Path(args.good or args.defects[0]).name
+        category = open_test_folders(name, args.good or "", args.defects, args.masks or "",
+                                     detector.info.get("training_anomalies"))  # fmt: skip
+    else:
+        if args.masks:
+            raise DefectmapError("--masks goes with --defects: the folders of defective images they mark")
+        if args.data:  # another dataset: its own layout, not the folders or format the model was trained with
+            data_cfg.format, data_cfg.good_dir, data_cfg.test_good_dir, data_cfg.defect_dir, data_cfg.mask_dir = (
+                "auto", "", "", "", "")  # fmt: skip
+            data_cfg.root = args.data
+        data_cfg.category = args.category or data_cfg.category
+        category = open_category(data_cfg, normals=False)
+    if not category.test:
+        raise DataError(f"{category.name} has no test images: give them with --good DIR and --defects DIR "
+                        "[--masks DIR], or a dataset with --data ROOT")  # fmt: skip
+    return category
+
+
 def cmd_test(args: argparse.Namespace) -> None:
     detector = engine.load(args.checkpoint, device=args.device)
     _set_tile(detector, args.tile)
-    data_cfg = detector.config.data
-    data_cfg.root = args.data or data_cfg.root
-    data_cfg.category = args.category or data_cfg.category
+    category = _test_split(detector, args)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     if args.report:
         from defectmap.report import write_report
 
-        page, report = write_report(detector, open_category(data_cfg, normals=False), out, progress=not args.quiet)
+        page, report = write_report(detector, category, out, progress=not args.quiet)
         print(f"wrote {page}")
     else:
-        report = engine.evaluate(detector, open_category(data_cfg, normals=False), progress=not args.quiet)
+        report = engine.evaluate(detector, category, progress=not args.quiet)
     path = outputs.write_metrics(report, out)
     print(outputs.format_table(report))
     print(f"wrote {path}")

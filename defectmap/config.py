@@ -46,9 +46,9 @@ class DataConfig:
     texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
     foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks
-    good_dir: str = ""
-    test_good_dir: str = ""  # good test images (optional)
-    defect_dir: str = ""  # defective test images (optional)
+    good_dir: str = ""  # good images to train on (empty: a --data folder that holds images itself)
+    test_good_dir: str = ""  # good test images, searched recursively (optional)
+    defect_dir: str = ""  # defective test images, searched recursively; a subfolder names a defect type (optional)
     mask_dir: str = ""  # their masks, paired by name: <stem>_mask, <stem>, <stem>_GT (optional; else image metrics)
 
 

@@ -81,7 +81,8 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     model = build_model(cfg)
     model.load_state_dict(payload["state_dict"])
     model.to(dev).eval()
-    info = {k: payload[k] for k in ("versions", "category", "history", "training_normals") if k in payload}
+    keys = ("versions", "category", "history", "training_normals", "training_anomalies")
+    info = {k: payload[k] for k in keys if k in payload}
     return Detector(model, cfg, payload["calibration"], dev, info)
 
 
@@ -272,7 +273,8 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "postprocess": dataclasses.asdict(detector.config.postprocess),
         "device": str(detector.device),
         "versions": versions(),  # of this evaluation; the checkpoint keeps those it was trained with
-        "training_anomalies": category.anomaly_record(),
+        # which real anomalies trained the model, as its checkpoint recorded them (older ones: drawn again here)
+        "training_anomalies": detector.info.get("training_anomalies") or category.anomaly_record(),
         # what trained the model, as its checkpoint recorded it (older checkpoints: the category's good images)
         "training_normals": detector.info.get("training_normals") or category.normals_record(),
         "defect_types": metrics.per_defect_type(labels, scores, [s.defect for s in category.test], threshold),

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from defectmap.config import DataConfig
+from defectmap.data.folders import holds_images
 from defectmap.data.images import is_image_file
 from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, dataset_root, find_mask
 from defectmap.errors import DataError
@@ -134,8 +135,8 @@ def detect_format(cfg: DataConfig) -> str:
     """The layout found under data.root (and data.category); `mvtec` when nothing else matches."""
     root = Path(cfg.root)
     base = root / cfg.category if cfg.category else root
-    if cfg.good_dir:
-        return "folder"
+    if cfg.good_dir or (not cfg.category and not (root / "train").is_dir() and holds_images(root)):
+        return "folder"  # data.good_dir, or --data names a folder of good images
     if (root / "split_csv" / "1cls.csv").is_file():
         return "visa"
     if (root / "MT_Free" / "Imgs").is_dir():

@@ -1,6 +1,6 @@
-"""Dataset layouts on disk: MVTec AD (`train/good`, `test/<defect>`, `ground_truth/<defect>/<stem>_mask.png`)
-and `folder` (a folder of good images, optionally defective images and masks), split into train,
-validation (normal images carved from train, seeded) and test."""
+"""Dataset layouts on disk: MVTec AD (`train/good`, `test/<defect>`, `ground_truth/<defect>/<stem>_mask.png`),
+split into train, validation (normal images carved from train, seeded) and test; `open_category` reads every layout
+(the others in data/adapters.py, plain folders in data/folders.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from defectmap.config import DataConfig
 from defectmap.data.images import IMAGE_SUFFIXES, is_image_file
 from defectmap.errors import DataError
 
-LAYOUT_HELP = "expected MVTec AD layout, see README#datasets"
+LAYOUT_HELP = "expected MVTec AD layout, or a folder that holds good images; see README#datasets"
 
 
 @dataclass(frozen=True)
@@ -159,47 +159,6 @@ def open_mvtec(cfg: DataConfig) -> CategoryData:
     )
 
 
-def open_folder(cfg: DataConfig) -> CategoryData:
-    """`folder` format: data.good_dir (required); data.test_good_dir, data.defect_dir, data.mask_dir optional.
-
-    Good images are split into train and validation; the test set is the images of test_good_dir (good)
-    and defect_dir (defective, masks paired by name from mask_dir).
-    """
-    if not cfg.good_dir:
-        raise DataError("format 'folder' needs --set data.good_dir=DIR (a folder of good images)")
-    good_dir = Path(cfg.good_dir)
-    if not good_dir.is_dir() or not _images_in(good_dir):
-        raise DataError(f"no images found in {good_dir}: data.good_dir must hold good images")
-    train, val = _split_validation(_images_in(good_dir), cfg.val_fraction, cfg.split_seed)
-    test, notes = [], []
-    if cfg.test_good_dir:
-        test_good = Path(cfg.test_good_dir)
-        if not test_good.is_dir():
-            raise DataError(f"data.test_good_dir {test_good} does not exist")
-        test += [Sample(p, 0) for p in _images_in(test_good)]
-    if cfg.defect_dir:
-        defect_dir = Path(cfg.defect_dir)
-        if not defect_dir.is_dir():
-            raise DataError(f"data.defect_dir {defect_dir} does not exist")
-        for path in _images_in(defect_dir):
-            mask = None
-            if cfg.mask_dir:
-                mask = find_mask(Path(cfg.mask_dir), path.stem)
-                if mask is None:
-                    raise DataError(f"no mask for {path} in {cfg.mask_dir}: expected {path.stem}_mask.png")
-            test.append(Sample(path, 1, defect_dir.name, mask))  # the folder names the defect type, as in MVTec
-    if not cfg.mask_dir:
-        notes.append("no data.mask_dir: image-level metrics only")
-    return CategoryData(
-        name=cfg.category or good_dir.name,
-        train=[Sample(p, 0) for p in train],
-        val=[Sample(p, 0) for p in val],
-        test=test,
-        has_masks=bool(cfg.mask_dir),
-        notes=notes,
-    )
-
-
 def dataset_root(cfg: DataConfig) -> Path:
     """data.root, which must exist; a relative one (e.g. a checkpoint's, used from another folder) says where from."""
     root = Path(cfg.root)
@@ -214,6 +173,7 @@ def open_category(cfg: DataConfig, normals: bool = True) -> CategoryData:
     skips what only shapes the good training images (data.unseen_parts, data.train_images), for callers that read
     the test split alone."""
     from defectmap.data.adapters import ADAPTERS, detect_format
+    from defectmap.data.folders import open_folder
 
     if cfg.root and not cfg.good_dir:  # the `folder` format reads data.good_dir instead
         dataset_root(cfg)

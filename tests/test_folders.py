@@ -1,0 +1,114 @@
+"""Plain folders of images: a --data folder of good images trains, and `test --good/--defects/--masks` evaluates a
+checkpoint on folders without any dataset layout."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from defectmap.cli import main
+from defectmap.config import DataConfig
+from defectmap.data.adapters import detect_format
+from defectmap.data.folders import open_test_folders
+from defectmap.data.mvtec import open_category
+from defectmap.errors import DataError
+from tests.conftest import write_image
+from tests.test_cli import TINY
+
+
+def _test_folders(root, tiny_dataset):
+    """The tiny dataset's test images as a user might keep them: good/, bad/<type>/ (holes flat in bad/holes), masks
+    mirrored under masks/ for two types and flat in masks/ for the third."""
+    test, truth = tiny_dataset / "tiny" / "test", tiny_dataset / "tiny" / "ground_truth"
+    shutil.copytree(test / "good", root / "good")
+    for kind in ("hole", "stain"):
+        shutil.copytree(test / kind, root / "bad" / kind)
+        shutil.copytree(truth / kind, root / "masks" / kind)
+    shutil.copytree(test / "thread", root / "threads")
+    shutil.copytree(truth / "thread", root / "masks", dirs_exist_ok=True)
+    return root
+
+
+def test_a_folder_of_images_given_as_data_trains_on_them(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        write_image(tmp_path / "parts" / f"{i}.png", rng.random((20, 24, 3)))
+    cfg = DataConfig(root=str(tmp_path / "parts"), val_fraction=0.2)
+    assert detect_format(cfg) == "folder"
+    data = open_category(cfg)
+    assert data.name == "parts" and len(data.train) == 4 and len(data.val) == 1 and not data.test
+    assert any("training only" in note for note in data.notes)
+    assert detect_format(DataConfig(root=str(tmp_path), category="parts")) == "mvtec"  # a category: not the folder
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DataError, match="or a folder that holds good images"):  # what else --data may name
+        open_category(DataConfig(root=str(tmp_path / "other")))
+
+
+def test_test_folders_pair_masks_and_name_defect_types(tmp_path, tiny_dataset):
+    root = _test_folders(tmp_path / "mine", tiny_dataset)
+    data = open_test_folders("tiny", str(root / "good"), [str(root / "bad"), str(root / "threads")],
+                             str(root / "masks"), None)  # fmt: skip
+    assert not data.train and not data.val and data.has_masks and not data.notes
+    assert sorted(s.defect for s in data.test) == ["good"] * 3 + ["hole"] * 2 + ["stain", "threads"]
+    for sample in data.test:
+        if sample.label:
+            assert sample.mask_path.name == f"{sample.path.stem}_mask.png"
+            assert sample.mask_path.parent.name in (sample.defect, "masks")
+    trained = {"paths": [str(root / "bad" / "hole" / "00.png")], "near_copies": [str(root / "good" / "01.jpg")]}
+    held = open_test_folders("tiny", str(root / "good"), [str(root / "bad")], "", trained)
+    assert len(held.test) == len(data.test) - 3 and not held.has_masks
+    assert held.notes == ["no --masks: image-level metrics only",
+                          "2 images that trained the model (its real anomalies, or near-copies of them) left out of "
+                          "the test set"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "good, defects, masks, message",
+    [
+        ("good", ["missing"], "", "--defects: folder missing does not exist"),
+        ("", ["bad"], "nomasks", "--masks: folder nomasks does not exist"),
+        (
+            "",
+            ["threads"],
+            "masks/hole",
+            "no mask for threads/02.png: expected 02_mask.png in masks/hole or masks/hole/threads",
+        ),
+        ("bad", ["bad/stain"], "", "bad/stain/01.png is under both --good and --defects"),
+        ("", ["."], "", "good is under --defects, so its images would count as defective: give it with --good"),
+    ],
+)
+def test_test_folders_refuse_what_would_mislabel(tmp_path, tiny_dataset, monkeypatch, good, defects, masks, message):
+    monkeypatch.chdir(_test_folders(tmp_path / "mine", tiny_dataset))
+    with pytest.raises(DataError, match=message):
+        open_test_folders("tiny", good, defects, masks, None)
+
+
+def test_test_command_on_folders_and_on_another_dataset(tmp_path, tiny_dataset, capsys):
+    parts = tmp_path / "parts"
+    shutil.copytree(tiny_dataset / "tiny" / "train" / "good", parts)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "ae", "--data", str(parts), "--out", str(run), "--quiet", *TINY]) == 0
+    ckpt = str(run / "model.ckpt")
+    assert main(["test", ckpt, "--quiet"]) == 2
+    assert "parts has no test images: give them with --good DIR and --defects DIR" in capsys.readouterr().err
+    root = _test_folders(tmp_path / "mine", tiny_dataset)
+    folders = ["--good", str(root / "good"), "--defects", str(root / "bad"), str(root / "threads")]
+    assert main(["test", ckpt, *folders, "--masks", str(root / "masks"), "--out", str(tmp_path / "f"), "--quiet"]) == 0
+    on_folders = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert on_folders["category"] == "parts" and on_folders["aupro"] is not None
+    assert sorted(on_folders["defect_types"]) == ["hole", "stain", "threads"]  # a flat folder: its name
+    out = ["--out", str(tmp_path / "d"), "--quiet"]
+    assert main(["test", ckpt, "--data", str(tiny_dataset), "--category", "tiny", *out]) == 0  # its own layout
+    on_dataset = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    by_path = {m["path"].split("/")[-1]: m["score"] for m in on_folders["images"]}  # the same images, same scores
+    assert {m["path"].split("/")[-1]: m["score"] for m in on_dataset["images"]} == by_path
+    assert on_dataset["aupro"] == on_folders["aupro"]
+    capsys.readouterr()
+    assert main(["test", ckpt, "--data", str(tiny_dataset), *folders]) == 2
+    assert main(["test", ckpt, "--masks", str(root / "masks")]) == 2
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        "defectmap: error: give either --data/--category or --good/--defects, not both",
+        "defectmap: error: --masks goes with --defects: the folders of defective images they mark",
+    ]
