@@ -78,7 +78,7 @@ def _test_split(detector: engine.Detector, args: argparse.Namespace) -> Category
             raise DefectmapError("give either --data/--category or --good/--defects, not both")
         name = detector.info.get("category") or data_cfg.category or Path(args.good or args.defects[0]).name
         category = open_test_folders(name, args.good or "", args.defects, args.masks or "",
-                                     detector.info.get("training_anomalies"))  # fmt: skip
+                                     trained_on=detector.info.get("training_anomalies"))  # fmt: skip
     else:
         if args.masks:
             raise DefectmapError("--masks goes with --defects: the folders of defective images they mark")

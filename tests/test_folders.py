@@ -47,8 +47,9 @@ def test_a_folder_of_images_given_as_data_trains_on_them(tmp_path):
 
 def test_test_folders_pair_masks_and_name_defect_types(tmp_path, tiny_dataset):
     root = _test_folders(tmp_path / "mine", tiny_dataset)
-    data = open_test_folders("tiny", str(root / "good"), [str(root / "bad"), str(root / "threads")],
-                             str(root / "masks"), None)  # fmt: skip
+    data = open_test_folders(
+        "tiny", str(root / "good"), [str(root / "bad"), str(root / "threads")], str(root / "masks")
+    )
     assert not data.train and not data.val and data.has_masks and not data.notes
     assert sorted(s.defect for s in data.test) == ["good"] * 3 + ["hole"] * 2 + ["stain", "threads"]
     for sample in data.test:
@@ -56,7 +57,7 @@ def test_test_folders_pair_masks_and_name_defect_types(tmp_path, tiny_dataset):
             assert sample.mask_path.name == f"{sample.path.stem}_mask.png"
             assert sample.mask_path.parent.name in (sample.defect, "masks")
     trained = {"paths": [str(root / "bad" / "hole" / "00.png")], "near_copies": [str(root / "good" / "01.jpg")]}
-    held = open_test_folders("tiny", str(root / "good"), [str(root / "bad")], "", trained)
+    held = open_test_folders("tiny", str(root / "good"), [str(root / "bad")], trained_on=trained)
     assert len(held.test) == len(data.test) - 3 and not held.has_masks
     assert held.notes == ["no --masks: image-level metrics only",
                           "2 images that trained the model (its real anomalies, or near-copies of them) left out of "
@@ -81,7 +82,7 @@ def test_test_folders_pair_masks_and_name_defect_types(tmp_path, tiny_dataset):
 def test_test_folders_refuse_what_would_mislabel(tmp_path, tiny_dataset, monkeypatch, good, defects, masks, message):
     monkeypatch.chdir(_test_folders(tmp_path / "mine", tiny_dataset))
     with pytest.raises(DataError, match=message):
-        open_test_folders("tiny", good, defects, masks, None)
+        open_test_folders("tiny", good, defects, masks)
 
 
 def test_test_command_on_folders_and_on_another_dataset(tmp_path, tiny_dataset, capsys):

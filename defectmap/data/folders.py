@@ -97,7 +97,7 @@ def open_folder(cfg: DataConfig) -> CategoryData:
 
 
 def open_test_folders(
-    name: str, good: str, defects: Sequence[str], masks: str, trained_on: dict | None
+    name: str, good: str = "", defects: Sequence[str] = (), masks: str = "", trained_on: dict | None = None
 ) -> CategoryData:
     """The test split of `defectmap test CKPT --good DIR --defects DIR... --masks DIR`: no training data is read.
     `trained_on` is the checkpoint's record of its real training anomalies; any of them found here is left out."""
