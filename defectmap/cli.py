@@ -21,7 +21,7 @@ from defectmap.checkpoint import load_checkpoint, update_calibration
 from defectmap.config import build_config, check_values, commented_yaml, resolve_config
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
-from defectmap.data.mvtec import CategoryData, open_category
+from defectmap.data.mvtec import CategoryData, leave_out_seen, open_category
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
@@ -71,14 +71,13 @@ def _set_tile(detector: engine.Detector, tile: int | None) -> None:
 
 def _test_split(detector: engine.Detector, args: argparse.Namespace) -> CategoryData:
     """What `test` evaluates: the checkpoint's dataset, another one (--data, its layout detected afresh), or plain
-    folders (--good, --defects, --masks)."""
+    folders (--good, --defects, --masks); without the images the checkpoint records it trained or calibrated on."""
     data_cfg = detector.config.data
     if args.good or args.defects:
         if args.data or args.category:
             raise DefectmapError("give either --data/--category or --good/--defects, not both")
         name = detector.info.get("category") or data_cfg.category or Path(args.good or args.defects[0]).name
-        category = open_test_folders(name, args.good or "", args.defects, args.masks or "",
-                                     trained_on=detector.info.get("training_anomalies"))  # fmt: skip
+        category = open_test_folders(name, args.good or "", args.defects, args.masks or "")
     else:
         if args.masks:
             raise DefectmapError("--masks goes with --defects: the folders of defective images they mark")
@@ -88,6 +87,7 @@ def _test_split(detector: engine.Detector, args: argparse.Namespace) -> Category
             data_cfg.root = args.data
         data_cfg.category = args.category or data_cfg.category
         category = open_category(data_cfg, normals=False)
+    leave_out_seen(category, detector.info)
     if not category.test:
         raise DataError(f"{category.name} has no test images: give them with --good DIR and --defects DIR "
                         "[--masks DIR], or a dataset with --data ROOT")  # fmt: skip

@@ -11,7 +11,7 @@ from defectmap.cli import main
 from defectmap.config import DataConfig
 from defectmap.data.adapters import detect_format
 from defectmap.data.folders import open_test_folders
-from defectmap.data.mvtec import open_category
+from defectmap.data.mvtec import CategoryData, Sample, leave_out_seen, open_category
 from defectmap.errors import DataError
 from tests.conftest import write_image
 from tests.test_cli import TINY
@@ -56,12 +56,16 @@ def test_test_folders_pair_masks_and_name_defect_types(tmp_path, tiny_dataset):
         if sample.label:
             assert sample.mask_path.name == f"{sample.path.stem}_mask.png"
             assert sample.mask_path.parent.name in (sample.defect, "masks")
-    trained = {"paths": [str(root / "bad" / "hole" / "00.png")], "near_copies": [str(root / "good" / "01.jpg")]}
-    held = open_test_folders("tiny", str(root / "good"), [str(root / "bad")], trained_on=trained)
-    assert len(held.test) == len(data.test) - 3 and not held.has_masks
-    assert held.notes == ["no --masks: image-level metrics only",
-                          "2 images that trained the model (its real anomalies, or near-copies of them) left out of "
-                          "the test set"]  # fmt: skip
+    copied = shutil.copy(root / "good" / "01.jpg", tmp_path / "renamed.jpg")  # the same file under another name
+    trained = CategoryData("tiny", train=[Sample(copied, 0)], val=[], test=[], has_masks=False,
+                           anomalies=[Sample(root / "bad" / "hole" / "00.png", 1)])  # fmt: skip
+    leave_out_seen(data, {"seen_images": trained.seen_digests()})
+    left = sorted(str(s.path.relative_to(root)) for s in data.test)
+    assert left == ["bad/hole/03.png", "bad/stain/01.png", "good/00.jpg", "good/02.jpg", "threads/02.png"]
+    assert data.notes == ["2 test images that trained or calibrated the model (the same files, as its checkpoint "
+                          "records) left out of the test set"]  # fmt: skip
+    no_masks = open_test_folders("tiny", defects=[str(root / "bad")])
+    assert not no_masks.has_masks and no_masks.notes == ["no --masks: image-level metrics only"]
 
 
 @pytest.mark.parametrize(
@@ -94,6 +98,12 @@ def test_test_command_on_folders_and_on_another_dataset(tmp_path, tiny_dataset, 
     assert main(["test", ckpt, "--quiet"]) == 2
     assert "parts has no test images: give them with --good DIR and --defects DIR" in capsys.readouterr().err
     root = _test_folders(tmp_path / "mine", tiny_dataset)
+    shutil.copytree(root / "good", tmp_path / "good_and_trained")
+    for name in ("00.png", "05.png"):  # two of its training images among the good test images: left out
+        shutil.copy(parts / name, tmp_path / "good_and_trained" / f"t{name}")
+    with_trained = ["--good", str(tmp_path / "good_and_trained"), "--defects", str(root / "bad"), "--quiet"]
+    assert main(["test", ckpt, *with_trained, "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["test_images"] == 6
     folders = ["--good", str(root / "good"), "--defects", str(root / "bad"), str(root / "threads")]
     assert main(["test", ckpt, *folders, "--masks", str(root / "masks"), "--out", str(tmp_path / "f"), "--quiet"]) == 0
     on_folders = json.loads((tmp_path / "f" / "metrics.json").read_text())

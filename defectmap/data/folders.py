@@ -96,18 +96,9 @@ def open_folder(cfg: DataConfig) -> CategoryData:
     )
 
 
-def open_test_folders(
-    name: str, good: str = "", defects: Sequence[str] = (), masks: str = "", trained_on: dict | None = None
-) -> CategoryData:
-    """The test split of `defectmap test CKPT --good DIR --defects DIR... --masks DIR`: no training data is read.
-    `trained_on` is the checkpoint's record of its real training anomalies; any of them found here is left out."""
+def open_test_folders(name: str, good: str = "", defects: Sequence[str] = (), masks: str = "") -> CategoryData:
+    """The test split of `defectmap test CKPT --good DIR --defects DIR... --masks DIR`: no training data is read."""
     test, notes = folder_test_split(good, defects, masks, ("--good", "--defects", "--masks"))
     if not test:
         raise DataError(f"no images (PNG, JPG, BMP, TIFF) found in {', '.join([good, *defects])}")
-    record = trained_on or {}
-    seen = {Path(p).resolve() for p in record.get("paths", []) + record.get("near_copies", [])}
-    kept = [s for s in test if s.path.resolve() not in seen]
-    if len(kept) < len(test):
-        notes.append(f"{len(test) - len(kept)} images that trained the model (its real anomalies, or near-copies of "
-                     "them) left out of the test set")  # fmt: skip
-    return CategoryData(name, train=[], val=[], test=kept, has_masks=bool(masks) and bool(defects), notes=notes)
+    return CategoryData(name, train=[], val=[], test=test, has_masks=bool(masks) and bool(defects), notes=notes)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from defectmap.config import DataConfig
-from defectmap.data.images import IMAGE_SUFFIXES, is_image_file
+from defectmap.data.images import IMAGE_SUFFIXES, file_digest, is_image_file
 from defectmap.errors import DataError
 
 LAYOUT_HELP = "expected MVTec AD layout, or a folder that holds good images; see README#datasets"
@@ -53,6 +53,12 @@ class CategoryData:
             "near_copy_similarity": self.near_copy_similarity,
             "near_copies": [str(s.path) for s in self.near_copies],
         }
+
+    def seen_digests(self) -> list[str]:
+        """Hashes of the files that trained or calibrated the model (good training and validation images, real
+        training anomalies), kept in the checkpoint so that `test` leaves them out of a test set given elsewhere."""
+        files = [s.path for s in self.train + self.val + self.anomalies if s.image is None]
+        return sorted({file_digest(p) for p in files})
 
     def normals_record(self) -> dict:
         """Which good images trained and validated the model (kept in the checkpoint and metrics.json), and which
@@ -264,6 +270,26 @@ def leave_out_seen_parts(category: CategoryData, threshold: float, max_pixels: i
         f"{len(found)} good training and validation images that are near-copies of test images (similarity "
         f"{threshold:g} or more) left out of training: the test shows parts the model never saw"
     )
+
+
+def leave_out_seen(category: CategoryData, info: dict) -> None:
+    """Leave out of the test set every file a checkpoint (`info`, as engine.load reads it) records as one that
+    trained or calibrated it, under whatever name it has now: scores on those would flatter the model."""
+    seen = set(info.get("seen_images", []))
+    if not seen:  # a checkpoint from before they were recorded
+        return
+    kept = [s for s in category.test if s.image is not None or _digest_or_none(s.path) not in seen]
+    if len(kept) < len(category.test):
+        category.notes.append(f"{len(category.test) - len(kept)} test images that trained or calibrated the model "
+                              "(the same files, as its checkpoint records) left out of the test set")  # fmt: skip
+        category.test = kept
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return file_digest(path)
+    except OSError:  # unreadable: kept, and scoring says why it cannot be read
+        return None
 
 
 def limit_training(category: CategoryData, n: int, seed: int) -> None:
