@@ -47,10 +47,15 @@ class ExportGraph(nn.Module):
         return out.score, out.anomaly_map
 
 
+RECORDS = ("category", "training_normals", "training_anomalies", "seen_images")  # what trained it, for `test`
+
+
 def _metadata(detector) -> str:
+    records = {key: detector.info[key] for key in RECORDS if key in detector.info}
     return json.dumps(
-        {"config": config_to_dict(detector.config), "calibration": detector.calibration, "versions": versions()}
-    )
+        {"config": config_to_dict(detector.config), "calibration": detector.calibration, "versions": versions(),
+         "records": records}
+    )  # fmt: skip
 
 
 def export(detector, path: str | Path, fmt: str | None = None) -> Path:
@@ -203,4 +208,5 @@ def load_exported(path: Path, device: torch.device):
     else:
         model = TorchScriptModel(path, device)
     cfg = resolve_config(model.metadata["config"])
-    return Detector(model, cfg, model.metadata["calibration"], device, {"versions": model.metadata["versions"]})
+    info = {"versions": model.metadata["versions"], **model.metadata.get("records", {})}  # older exports: none
+    return Detector(model, cfg, model.metadata["calibration"], device, info)
