@@ -250,7 +250,8 @@ def format_table(report: dict) -> str:
     for defect, row in report.get("defect_types", {}).items():
         auroc = "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.4f}"
         lines.append(f"    {defect + ':':<26} image AUROC {auroc}, {row['missed']} of {row['images']} missed")
-    lines += [f"  note: {note}" for note in report.get("notes", [])]
+    for note in report.get("notes", []):
+        lines += textwrap.wrap(f"note: {note}", 116, initial_indent="  ", subsequent_indent="    ")
     return "\n".join(lines)
 
 
