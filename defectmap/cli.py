@@ -19,6 +19,7 @@ from defectmap import distributed, engine, outputs, training, watch
 from defectmap.arguments import parser
 from defectmap.checkpoint import load_checkpoint, update_calibration
 from defectmap.config import build_config, check_values, commented_yaml, resolve_config
+from defectmap.data.adapters import detect_format
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
 from defectmap.data.mvtec import CategoryData, leave_out_seen, open_category
@@ -58,7 +59,10 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         weights = "averaged weights" if best.get("averaged_weights") else "weights"  # absent before train.ema_decay
         print(f"saved {checkpoint}: {epochs} in {minutes} min {seconds} s; the {weights} of epoch "
               f"{best['epoch']}, the lowest validation loss ({best['val_loss']:.5g})")  # fmt: skip
-        print(f"next: {_program()} test {checkpoint}, or {_program()} predict {checkpoint} IMAGES --out DIR")
+        data = cfg.data if cfg else None  # a resumed run's dataset is in its checkpoint
+        untested = data and detect_format(data) == "folder" and not (data.test_good_dir or data.defect_dir)
+        test = f"{_program()} test {checkpoint}" + (" --good DIR --defects DIR" if untested else "")
+        print(f"next: {test}, or {_program()} predict {checkpoint} IMAGES --out DIR")
     return None
 
 

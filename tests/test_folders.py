@@ -95,6 +95,7 @@ def test_test_command_on_folders_and_on_another_dataset(tmp_path, tiny_dataset, 
     run = tmp_path / "run"
     assert main(["train", "--model", "ae", "--data", str(parts), "--out", str(run), "--quiet", *TINY]) == 0
     ckpt = str(run / "model.ckpt")
+    assert f"next: defectmap test {ckpt} --good DIR --defects DIR, or" in capsys.readouterr().out  # no test images
     assert main(["test", ckpt, "--quiet"]) == 2
     assert "parts has no test images: give them with --good DIR and --defects DIR" in capsys.readouterr().err
     root = _test_folders(tmp_path / "mine", tiny_dataset)
