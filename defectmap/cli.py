@@ -22,7 +22,7 @@ from defectmap.config import build_config, check_values, commented_yaml, resolve
 from defectmap.data.adapters import detect_format
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
-from defectmap.data.mvtec import CategoryData, leave_out_seen, open_category
+from defectmap.data.mvtec import CategoryData, leave_out_trained_files, open_category
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
@@ -86,12 +86,12 @@ def _test_split(detector: engine.Detector, args: argparse.Namespace) -> Category
         if args.masks:
             raise DefectmapError("--masks goes with --defects: the folders of defective images they mark")
         if args.data:  # another dataset: its own layout, not the folders or format the model was trained with
-            data_cfg.format, data_cfg.good_dir, data_cfg.test_good_dir, data_cfg.defect_dir, data_cfg.mask_dir = (
-                "auto", "", "", "", "")  # fmt: skip
-            data_cfg.root = args.data
+            for key in ("good_dir", "test_good_dir", "defect_dir", "mask_dir"):
+                setattr(data_cfg, key, "")
+            data_cfg.format, data_cfg.root = "auto", args.data
         data_cfg.category = args.category or data_cfg.category
         category = open_category(data_cfg, normals=False)
-    leave_out_seen(category, detector.info)
+    leave_out_trained_files(category, detector.info)
     if not category.test:
         raise DataError(f"{category.name} has no test images: give them with --good DIR and --defects DIR "
                         "[--masks DIR], or a dataset with --data ROOT")  # fmt: skip

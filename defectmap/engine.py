@@ -81,7 +81,7 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     model = build_model(cfg)
     model.load_state_dict(payload["state_dict"])
     model.to(dev).eval()
-    keys = ("versions", "category", "history", "training_normals", "training_anomalies", "seen_images")
+    keys = ("versions", "category", "history", "training_normals", "training_anomalies", "trained_files")
     info = {k: payload[k] for k in keys if k in payload}
     return Detector(model, cfg, payload["calibration"], dev, info)
 

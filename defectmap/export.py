@@ -47,7 +47,7 @@ class ExportGraph(nn.Module):
         return out.score, out.anomaly_map
 
 
-RECORDS = ("category", "training_normals", "training_anomalies", "seen_images")  # what trained it, for `test`
+RECORDS = ("category", "training_normals", "training_anomalies", "trained_files")  # what trained it, for `test`
 
 
 def _metadata(detector) -> str:

@@ -308,7 +308,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         history=state.history,
         training_anomalies=category.anomaly_record(),
         training_normals=category.normals_record(),
-        seen_images=category.seen_digests(),
+        trained_files=category.trained_file_digests(),
     )
     atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(state.history, indent=2)))
     distributed.teardown()

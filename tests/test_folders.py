@@ -11,7 +11,7 @@ from defectmap.cli import main
 from defectmap.config import DataConfig
 from defectmap.data.adapters import detect_format
 from defectmap.data.folders import open_test_folders
-from defectmap.data.mvtec import CategoryData, Sample, leave_out_seen, open_category
+from defectmap.data.mvtec import CategoryData, Sample, leave_out_trained_files, open_category
 from defectmap.errors import DataError
 from tests.conftest import write_image
 from tests.test_cli import TINY
@@ -59,7 +59,7 @@ def test_test_folders_pair_masks_and_name_defect_types(tmp_path, tiny_dataset):
     copied = shutil.copy(root / "good" / "01.jpg", tmp_path / "renamed.jpg")  # the same file under another name
     trained = CategoryData("tiny", train=[Sample(copied, 0)], val=[], test=[], has_masks=False,
                            anomalies=[Sample(root / "bad" / "hole" / "00.png", 1)])  # fmt: skip
-    leave_out_seen(data, {"seen_images": trained.seen_digests()})
+    leave_out_trained_files(data, {"trained_files": trained.trained_file_digests()})
     left = sorted(str(s.path.relative_to(root)) for s in data.test)
     assert left == ["bad/hole/03.png", "bad/stain/01.png", "good/00.jpg", "good/02.jpg", "threads/02.png"]
     assert data.notes == ["2 test images that trained or calibrated the model (the same files, as its checkpoint "

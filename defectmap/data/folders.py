@@ -75,9 +75,9 @@ def open_folder(cfg: DataConfig) -> CategoryData:
     """`folder` format: good images from data.good_dir (or, auto-detected, from the --data folder itself), split into
     train and validation; optional test images from data.test_good_dir and data.defect_dir, masks from data.mask_dir.
     """
-    good_dir = Path(cfg.good_dir or cfg.root)
     if not cfg.good_dir and not cfg.root:
         raise DataError("format 'folder' needs --set data.good_dir=DIR (a folder of good images)")
+    good_dir = Path(cfg.good_dir or cfg.root)
     if not holds_images(good_dir):
         raise DataError(f"no images found in {good_dir}: data.good_dir must hold good images")
     train, val = _split_validation(_images_in(good_dir), cfg.val_fraction, cfg.split_seed)

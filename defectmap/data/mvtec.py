@@ -54,7 +54,7 @@ class CategoryData:
             "near_copies": [str(s.path) for s in self.near_copies],
         }
 
-    def seen_digests(self) -> list[str]:
+    def trained_file_digests(self) -> list[str]:
         """Hashes of the files that trained or calibrated the model (good training and validation images, real
         training anomalies), kept in the checkpoint so that `test` leaves them out of a test set given elsewhere."""
         files = [s.path for s in self.train + self.val + self.anomalies if s.image is None]
@@ -272,10 +272,10 @@ def leave_out_seen_parts(category: CategoryData, threshold: float, max_pixels: i
     )
 
 
-def leave_out_seen(category: CategoryData, info: dict) -> None:
+def leave_out_trained_files(category: CategoryData, info: dict) -> None:
     """Leave out of the test set every file a checkpoint (`info`, as engine.load reads it) records as one that
     trained or calibrated it, under whatever name it has now: scores on those would flatter the model."""
-    seen = set(info.get("seen_images", []))
+    seen = set(info.get("trained_files", []))
     if not seen:  # a checkpoint from before they were recorded
         return
     kept = [s for s in category.test if s.image is not None or _digest_or_none(s.path) not in seen]
