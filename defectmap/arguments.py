@@ -141,6 +141,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.anomalies=10")
     common(p)
 
+    p = sub.add_parser("info", help="what a checkpoint or exported model is: method, training, threshold, versions")
+    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("--json", action="store_true", help="print every record and setting as JSON")
+
     sub.add_parser("models", help="list the available methods")
 
     p = sub.add_parser("config", help="print the default configuration of a method as YAML")

@@ -23,6 +23,7 @@ from defectmap.data.adapters import detect_format
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
 from defectmap.data.mvtec import CategoryData, leave_out_trained_files, open_category
+from defectmap.describe import describe, describe_lines, method_title
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
@@ -272,9 +273,14 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    for name, cls in MODELS.items():
-        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        print(f"{name:<6} {doc[0] if doc else cls.__name__}")
+    for name in MODELS:
+        print(f"{name:<6} {method_title(name)}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    detector = engine.load(args.checkpoint, device="cpu")
+    record = {"file": args.checkpoint, "bytes": Path(args.checkpoint).stat().st_size, **describe(detector)}
+    print(json.dumps(record, indent=1) if args.json else "\n".join([f"{args.checkpoint}:", *describe_lines(record)]))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -295,6 +301,7 @@ HANDLERS = {
     "demo": cmd_demo,
     "synth": cmd_synth,
     "models": cmd_models,
+    "info": cmd_info,
     "config": cmd_config,
 }
 

@@ -47,7 +47,7 @@ class ExportGraph(nn.Module):
         return out.score, out.anomaly_map
 
 
-RECORDS = ("category", "training_normals", "training_anomalies", "trained_files")  # what trained it, for `test`
+RECORDS = ("category", "history", "training_normals", "training_anomalies", "trained_files")  # for `test` and `info`
 
 
 def _metadata(detector) -> str:

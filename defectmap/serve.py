@@ -16,6 +16,7 @@ import torch
 
 from defectmap.data.images import ImageTooLarge, decode_image
 from defectmap.data.transforms import preprocess
+from defectmap.describe import describe
 from defectmap.engine import Detector, decide, score_batch
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import OnnxModel
@@ -108,10 +109,7 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None, executor
 
     @app.get("/model")
     def model_info() -> dict:
-        cfg = detector.config
-        return {"method": cfg.method, "category": cfg.data.category or detector.info.get("category"),
-                "image_size": cfg.data.image_size, "threshold": cal["threshold"], "calibration": cal,
-                "versions": detector.info.get("versions", {})}  # fmt: skip
+        return describe(detector)  # as `defectmap info --json`
 
     @app.post("/predict")
     async def predict(request: Request, map: bool = False, min_area: int = 1) -> dict:

@@ -37,7 +37,7 @@ def test_exported_model_matches_checkpoint(method, fmt, suffix, trained_models):
     exported = engine.load(path, device="cpu")
     assert exported.calibration == reference.calibration
     assert exported.config == reference.config
-    for key in ("category", "training_normals", "training_anomalies", "trained_files"):  # what `test` leaves out
+    for key in ("category", "history", "training_normals", "training_anomalies", "trained_files"):  # test, info
         assert exported.info[key] == reference.info[key]
     samples = open_category(reference.config.data).test
     torch_rows = list(engine.predict(reference, samples, progress=False))

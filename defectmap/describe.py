@@ -1,0 +1,105 @@
+"""What a checkpoint or exported model is: `defectmap info MODEL` and the service's GET /model.
+
+The method, what trained it (dataset, images, real anomalies, epochs), the error-map filters, the threshold with its
+rule and promise, and the library versions it was trained with, from the file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from defectmap.models import MODELS
+from defectmap.threshold import CONFIDENCE, calibration_outlook
+
+
+def method_title(method: str) -> str:
+    """The first line of a method's module docstring (what `defectmap models` lists)."""
+    cls = MODELS[method]
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+    return doc[0] if doc else cls.__name__
+
+
+def threshold_rule(calibration: dict) -> str:
+    """How the threshold was set: recorded by `threshold`, or train's false-reject rule on its validation images."""
+    if "threshold_rule" in calibration:
+        return calibration["threshold_rule"]
+    if "false_reject_rate" in calibration:
+        n = calibration["val_images"]
+        return f"false-reject rate {calibration['false_reject_rate']} on {n} good image{'s' * (n != 1)}"
+    return "rule not recorded"
+
+
+def describe(detector) -> dict:
+    """Everything `info` prints, as JSON-ready values (absent records are None: older checkpoints, exports)."""
+    cfg, cal, info = detector.config, detector.calibration, detector.info
+    history = info.get("history") or []
+    best = min(history, key=lambda epoch: epoch["val_loss"]) if history else None
+    model = detector.model
+    return {
+        "method": cfg.method,
+        "title": method_title(cfg.method),
+        "category": info.get("category") or cfg.data.category or Path(cfg.data.good_dir or cfg.data.root).name,
+        "dataset": {"root": cfg.data.root, "format": cfg.data.format, "good_dir": cfg.data.good_dir},
+        "image_size": cfg.data.image_size,
+        "parameters": sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None,
+        "threshold": cal["threshold"],
+        "threshold_rule": threshold_rule(cal),
+        "calibration_images": cal.get("val_images"),
+        **(calibration_outlook(cal) or {"expected_false_reject_rate": None, "false_reject_rate_95": None}),
+        "training_normals": info.get("training_normals"),
+        "training_anomalies": {k: v for k, v in (info.get("training_anomalies") or {}).items() if k != "paths"} or None,
+        "epochs": len(history) or None,
+        "best_epoch": best["epoch"] if best else None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "averaged_weights": bool(best and best.get("averaged_weights")),
+        "training_seconds": history[-1]["seconds"] if history else None,
+        "postprocess": dataclasses.asdict(cfg.postprocess),
+        "calibration": {k: v for k, v in cal.items() if not isinstance(v, list)},  # per-position statistics left out
+        "config": {
+            "data": dataclasses.asdict(cfg.data),
+            "train": dataclasses.asdict(cfg.train),
+            "model": dataclasses.asdict(cfg.model),
+        },  # fmt: skip
+        "versions": info.get("versions", {}),
+    }
+
+
+def describe_lines(d: dict) -> list[str]:
+    """`describe`'s dict as the lines `defectmap info` prints."""
+    where = d["dataset"]["good_dir"] or d["dataset"]["root"]
+    lines = [f"{d['method']}: {d['title']}", f"  category:     {d['category']} ({where}), input {d['image_size']}²"]
+    if backbone := d["config"]["model"].get("backbone"):  # PRN's frozen feature extractor
+        weights = "ImageNet weights" if d["config"]["model"].get("pretrained", True) else "random init"
+        lines.append(f"  backbone:     {backbone}, {weights}")
+    normals = d["training_normals"]
+    if normals:
+        drawn = f" (a draw of {normals['train_images']})" if normals["train_images"] else ""
+        unseen = normals["unseen_parts"] and f"; shots of test parts left out (similarity {normals['unseen_parts']:g})"
+        lines.append(
+            f"  trained on:   {normals['train']} good images{drawn}, {normals['val']} for validation{unseen or ''}"
+        )
+    anomalies = d["training_anomalies"]
+    if anomalies and anomalies["count"]:
+        lines.append(f"  anomalies:    {anomalies['count']} real ones from the test split (seed {anomalies['seed']}, "
+                     f"{anomalies['sampling']}), left out of its evaluation")  # fmt: skip
+    if d["epochs"]:
+        minutes, seconds = divmod(round(d["training_seconds"]), 60)
+        weights = "averaged weights" if d["averaged_weights"] else "weights"
+        lines.append(f"  training:     {d['epochs']} epochs in {minutes} min {seconds} s; the {weights} of epoch "
+                     f"{d['best_epoch']} kept (validation loss {d['best_val_loss']:.5g})")  # fmt: skip
+    post = d["postprocess"]
+    filters = [name for name, key in (("HEE", "hee"), ("position normalisation", "normalize")) if post[key]]
+    lines.append(f"  map filters:  {', '.join(filters) or 'none'}")
+    lines.append(f"  threshold:    {d['threshold']:.6g} ({d['threshold_rule']})")
+    if d["expected_false_reject_rate"] is not None:
+        lines.append(f"  promise:      about {d['expected_false_reject_rate']:.1%} of good parts rejected, at most "
+                     f"{d['false_reject_rate_95']:.1%} at {CONFIDENCE:.0%} confidence")  # fmt: skip
+    if d["parameters"] is not None:
+        lines.append(f"  parameters:   {d['parameters'] / 1e6:.2f} M")
+    versions = ", ".join(f"{k} {v}" for k, v in d["versions"].items())
+    lines.append(f"  written with: {versions or 'not recorded'}")
+    return lines

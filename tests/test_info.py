@@ -1,0 +1,36 @@
+"""`defectmap info`: what a checkpoint or an exported model is, from the file alone."""
+
+import json
+
+from defectmap.cli import main
+from tests.test_cli import trained  # noqa: F401 (a fixture: one tiny AE run)
+
+
+def test_info_says_what_trained_the_model_and_what_its_threshold_promises(trained, tmp_path, capsys):  # noqa: F811
+    ckpt = str(trained / "model.ckpt")
+    capsys.readouterr()
+    assert main(["info", ckpt]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    history = json.loads((trained / "history.json").read_text())
+    best = min(history, key=lambda epoch: epoch["val_loss"])
+    assert lines[:4] == [f"{ckpt}:", "ae: Plain convolutional autoencoder: the baseline every method is compared with.",
+                         f"  category:     tiny ({trained.parent / 'data'}), input 32²",
+                         "  trained on:   7 good images, 1 for validation"]  # fmt: skip
+    assert lines[4].startswith("  training:     2 epochs in 0 min ")
+    assert lines[4].endswith(f"the weights of epoch {best['epoch']} kept (validation loss {best['val_loss']:.5g})")
+    assert lines[5] == "  map filters:  none"
+    assert lines[6].startswith("  threshold:    ") and lines[6].endswith(" (false-reject rate 0.01 on 1 good image)")
+    assert lines[7] == "  promise:      about 50.0% of good parts rejected, at most 95.0% at 95% confidence"
+    onnx = str(tmp_path / "model.onnx")
+    assert main(["export", ckpt, "--out", onnx]) == 0
+    records = []
+    for model in (ckpt, onnx):
+        capsys.readouterr()
+        assert main(["info", model, "--json"]) == 0
+        records.append(json.loads(capsys.readouterr().out))
+    from_ckpt, from_onnx = records
+    assert from_ckpt["parameters"] > 0 and from_onnx["parameters"] is None  # onnxruntime holds the weights
+    for record in (from_ckpt, from_onnx):
+        record.pop("file"), record.pop("bytes"), record.pop("parameters"), record.pop("versions")
+    assert from_ckpt == from_onnx  # the export carries every record `info` reads
+    assert from_ckpt["epochs"] == len(history) and from_ckpt["training_normals"]["train"] == 7
