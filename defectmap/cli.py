@@ -28,7 +28,7 @@ from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
 from defectmap.resume import StopSignals
-from defectmap.threshold import CONFIDENCE, calibration_outlook
+from defectmap.threshold import calibration_outlook, promised_rates
 
 
 def _program() -> str:
@@ -169,9 +169,7 @@ def _promise(calibration: dict) -> str:
     if outlook is None:
         return ""
     n = calibration["val_images"]
-    return (f"; the threshold's {n} good image{'s' * (n != 1)} promise{'s' * (n == 1)} about "
-            f"{outlook['expected_false_reject_rate']:.1%} of good parts rejected, at most "
-            f"{outlook['false_reject_rate_95']:.1%} at {CONFIDENCE:.0%} confidence")  # fmt: skip
+    return f"; the threshold's {n} good image{'s' * (n != 1)} promise{'s' * (n == 1)} {promised_rates(outlook)}"
 
 
 def cmd_watch(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from defectmap.models import MODELS
-from defectmap.threshold import CONFIDENCE, calibration_outlook
+from defectmap.threshold import calibration_outlook, promised_rates
 
 
 def method_title(method: str) -> str:
@@ -96,8 +96,7 @@ def describe_lines(d: dict) -> list[str]:
     lines.append(f"  map filters:  {', '.join(filters) or 'none'}")
     lines.append(f"  threshold:    {d['threshold']:.6g} ({d['threshold_rule']})")
     if d["expected_false_reject_rate"] is not None:
-        lines.append(f"  promise:      about {d['expected_false_reject_rate']:.1%} of good parts rejected, at most "
-                     f"{d['false_reject_rate_95']:.1%} at {CONFIDENCE:.0%} confidence")  # fmt: skip
+        lines.append(f"  promise:      {promised_rates(d)}")
     if d["parameters"] is not None:
         lines.append(f"  parameters:   {d['parameters'] / 1e6:.2f} M")
     versions = ", ".join(f"{k} {v}" for k, v in d["versions"].items())

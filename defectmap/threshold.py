@@ -50,6 +50,12 @@ def calibration_outlook(calibration: dict) -> dict[str, float] | None:
     return _rule_outlook(calibration["val_images"], calibration["false_reject_rate"])
 
 
+def promised_rates(outlook: dict[str, float]) -> str:
+    """`about 1.3% of good parts rejected, at most 3.9% at 95% confidence`: an outlook in words."""
+    return (f"about {outlook['expected_false_reject_rate']:.1%} of good parts rejected, at most "
+            f"{outlook['false_reject_rate_95']:.1%} at {CONFIDENCE:.0%} confidence")  # fmt: skip
+
+
 def _rule_outlook(n: int, false_reject_rate: float) -> dict[str, float]:
     """The outlook of the false-reject rule's threshold on n good images: floor(r n) of them above it."""
     return _outlook(n, min(int(np.floor(false_reject_rate * n)), n - 1))
