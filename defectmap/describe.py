@@ -1,7 +1,7 @@
 """What a checkpoint or exported model is: `defectmap info MODEL` and the service's GET /model.
 
 The method, what trained it (dataset, images, real anomalies, epochs), the error-map filters, the threshold with its
-rule and promise, and the library versions it was trained with, from the file alone.
+rule and promise, and the library versions that wrote the file, from the file alone.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def describe(detector) -> dict:
         "calibration_images": cal.get("val_images"),
         **(calibration_outlook(cal) or {"expected_false_reject_rate": None, "false_reject_rate_95": None}),
         "training_normals": info.get("training_normals"),
-        "training_anomalies": {k: v for k, v in (info.get("training_anomalies") or {}).items() if k != "paths"} or None,
+        "training_anomalies": info.get("training_anomalies"),
         "epochs": len(history) or None,
         "best_epoch": best["epoch"] if best else None,
         "best_val_loss": best["val_loss"] if best else None,
@@ -63,7 +63,7 @@ def describe(detector) -> dict:
             "data": dataclasses.asdict(cfg.data),
             "train": dataclasses.asdict(cfg.train),
             "model": dataclasses.asdict(cfg.model),
-        },  # fmt: skip
+        },
         "versions": info.get("versions", {}),
     }
 
@@ -89,7 +89,8 @@ def describe_lines(d: dict) -> list[str]:
     if d["epochs"]:
         minutes, seconds = divmod(round(d["training_seconds"]), 60)
         weights = "averaged weights" if d["averaged_weights"] else "weights"
-        lines.append(f"  training:     {d['epochs']} epochs in {minutes} min {seconds} s; the {weights} of epoch "
+        epochs = f"{d['epochs']} epoch{'s' * (d['epochs'] != 1)}"
+        lines.append(f"  training:     {epochs} in {minutes} min {seconds} s; the {weights} of epoch "
                      f"{d['best_epoch']} kept (validation loss {d['best_val_loss']:.5g})")  # fmt: skip
     post = d["postprocess"]
     filters = [name for name, key in (("HEE", "hee"), ("position normalisation", "normalize")) if post[key]]
