@@ -111,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     p.add_argument("--out", required=True, help="folder for results.md/.json, runs.csv and OUT/CATEGORY/MODEL/seedN")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
+    p.add_argument("--split-per-seed", action="store_true",
+                   help="each seed also draws its own validation images (data.split_seed)")  # fmt: skip
     common(p)
 
     p = sub.add_parser("granularity", help="DAAD's granularity study: errors and AUROC per memory block size")

@@ -66,9 +66,10 @@ def parse_models(text: str) -> list[tuple[str, str | None, str | None]]:
 
 
 def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str, seed: int, sets: list[str],
-            run_dir: Path, progress: bool = False) -> dict:  # fmt: skip
+            run_dir: Path, progress: bool = False, split_per_seed: bool = False) -> dict:  # fmt: skip
     """Train and test one run (or read its metrics.json when it finished before). With `progress`, the run's own
-    epoch bar and per-epoch losses show under the grid's bar, then one line says what it scored."""
+    epoch bar and per-epoch losses show under the grid's bar, then one line says what it scored. With
+    `split_per_seed` the seed also draws the validation images (data.split_seed)."""
     label, method, preset = spec
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
@@ -77,8 +78,10 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
         if progress:
             tqdm.write(f"{category} / {label} / seed {seed}: finished earlier, read from its metrics.json")
         return {**json.loads(metrics_path.read_text()), "variant": label, "seed": seed}
-    # The seed also draws the few-shot anomalies (data.anomalies > 0), unless --set names another.
-    sets = [f"data.anomaly_seed={seed}", *sets, f"train.seed={seed}"]
+    # The seed also draws the few-shot anomalies (data.anomalies > 0), and with split_per_seed the validation
+    # images, unless --set names another.
+    drawn = [f"data.anomaly_seed={seed}"] + ([f"data.split_seed={seed}"] if split_per_seed else [])
+    sets = [*drawn, *sets, f"train.seed={seed}"]
     cfg = build_config(method, preset, sets, root=str(root), category=category)
     # An interrupted run continues from its last.ckpt (with the config saved there, like finished runs);
     # its training time counts the seconds trained before the interruption.
@@ -154,22 +157,25 @@ def write_tables(runs: list[dict], out_path: Path, call: dict) -> list[dict]:
 
 
 def run_benchmark(models: str, root: str, categories: str, seeds: int, out: str, sets: list[str],
-                  progress: bool = True) -> list[dict]:  # fmt: skip
+                  progress: bool = True, split_per_seed: bool = False) -> list[dict]:  # fmt: skip
     """Run the grid; the tables are rewritten after every run, so a stopped grid keeps what finished.
 
     Seed-major order: every model runs seed 0 before any runs seed 1, so a grid stopped early still
-    compares all models on the same seeds.
+    compares all models on the same seeds. `split_per_seed`: each seed validates (and sets its threshold) on its
+    own draw of the good images, so the spread over seeds includes which images those are; off, every seed uses
+    data.split_seed's draw.
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     root_path, out_path = Path(root), Path(out)
     specs = parse_models(models)
     grid = [(c, m, s) for c in list_categories(root_path, categories) for s in range(seeds) for m in specs]
-    call = {"models": models, "data": str(root), "categories": categories, "seeds": seeds, "sets": list(sets)}
+    call = {"models": models, "data": str(root), "categories": categories, "seeds": seeds, "sets": list(sets),
+            "split_per_seed": split_per_seed}  # fmt: skip
     runs, rows = [], []
     for category, spec, seed in tqdm(grid, desc="benchmark", disable=bars_off(progress)):
         run_dir = out_path / category / spec[0] / f"seed{seed}"
-        report = run_one(spec, root_path, category, seed, sets, run_dir, progress)
+        report = run_one(spec, root_path, category, seed, sets, run_dir, progress, split_per_seed)
         runs.append({k: v for k, v in report.items() if k != "images"})
         rows = write_tables(runs, out_path, call)
     return rows

@@ -224,7 +224,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from defectmap.benchmark import run_benchmark
 
-    run_benchmark(args.models, args.data, args.categories, args.seeds, args.out, args.set, not args.quiet)
+    run_benchmark(args.models, args.data, args.categories, args.seeds, args.out, args.set, not args.quiet,
+                  args.split_per_seed)  # fmt: skip
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, runs.csv")
 

@@ -14,7 +14,8 @@ from PIL import Image
 from defectmap import MODELS, training
 from defectmap.cli import main
 from defectmap.config import build_config
-from defectmap.engine import build_model
+from defectmap.data.mvtec import open_category
+from defectmap.engine import build_model, load
 
 SETS = ["--set", "data.image_size=32", "--set", "train.epochs=1", "--set", "train.device=cpu",
         "--set", "data.val_fraction=0.25"]  # fmt: skip
@@ -34,6 +35,7 @@ def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, c
     assert row["category"] == "tiny" and row["model"] == "ae" and row["seeds"] == 2
     call = results["call"]  # what produced the tables, and with which versions
     assert (call["models"], call["data"], call["categories"], call["seeds"]) == ("ae", str(tiny_dataset), "all", 2)
+    assert call["split_per_seed"] is False  # both seeds validate on data.split_seed's draw
     assert call["sets"] == [a for a in args[args.index("--quiet") + 1 :] if a != "--set"]
     assert results["versions"]["torch"] and results["versions"]["defectmap"]
     assert 0 <= row["image_auroc"] <= 1 and row["train_seconds"] > 0 and row["inference_images_per_s"] > 0
@@ -44,6 +46,20 @@ def test_benchmark_grid_tables_and_resume(tiny_dataset, tmp_path, monkeypatch, c
     monkeypatch.setattr(training, "fit", no_training)
     assert main(args) == 0
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(first)["rows"]
+
+
+def test_split_per_seed_draws_each_seeds_validation_images(tiny_dataset, tmp_path):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--models", "ae", "--data", str(tiny_dataset), "--seeds", "2", "--out", str(out), "--quiet",
+            *SETS, "--set", "model.channels=[8,16]", "--split-per-seed"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["call"]["split_per_seed"] is True
+    validation = []
+    for seed in (0, 1):
+        cfg = load(out / "tiny" / "ae" / f"seed{seed}" / "model.ckpt").config
+        assert cfg.data.split_seed == cfg.train.seed == seed
+        validation.append({s.path for s in open_category(cfg.data).val})
+    assert validation[0] != validation[1]
 
 
 def test_grid_reports_each_run_and_its_epochs(tiny_dataset, tmp_path, capsys):
