@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from defectmap import comparison, engine, training
 from defectmap.checkpoint import atomic_write, versions
 from defectmap.config import build_config, load_preset
-from defectmap.data.mvtec import category_folders, open_category
+from defectmap.data.mvtec import category_folders
 from defectmap.errors import ConfigError, DataError
 from defectmap.outputs import METRIC_NAMES, write_metrics
 from defectmap.progress import bars_off
@@ -91,7 +91,7 @@ def run_one(spec: tuple[str, str | None, str | None], root: Path, category: str,
     checkpoint = training.fit(cfg, run_dir, progress=progress, resume=last.is_file())
     train_seconds = before + time.perf_counter() - start
     detector = engine.load(checkpoint)
-    report = engine.evaluate(detector, open_category(detector.config.data, normals=False), progress=progress)
+    report = engine.evaluate(detector, engine.test_split(detector), progress=progress)
     report.update(variant=label, seed=seed, train_seconds=train_seconds, epochs_run=len(detector.info["history"]))
     write_metrics(report, run_dir)
     if progress:

@@ -22,7 +22,7 @@ from defectmap.config import build_config, check_values, commented_yaml, resolve
 from defectmap.data.adapters import detect_format
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
-from defectmap.data.mvtec import CategoryData, leave_out_trained_files, open_category
+from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.describe import describe, describe_lines, method_title
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
@@ -92,7 +92,7 @@ def _test_split(detector: engine.Detector, args: argparse.Namespace) -> Category
             data_cfg.format, data_cfg.root = "auto", args.data
         data_cfg.category = args.category or data_cfg.category
         category = open_category(data_cfg, normals=False)
-    leave_out_trained_files(category, detector.info)
+    category = engine.test_split(detector, category)
     if not category.test:
         raise DataError(f"{category.name} has no test images: give them with --good DIR and --defects DIR "
                         "[--masks DIR], or a dataset with --data ROOT")  # fmt: skip
@@ -251,7 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     cfg = build_config(None, str(preset), args.set, root=str(root), category="fabric")
     checkpoint = training.fit(cfg, out / "run", progress=not args.quiet)
     detector = engine.load(checkpoint)
-    report = engine.evaluate(detector, open_category(detector.config.data, normals=False), progress=not args.quiet)
+    report = engine.evaluate(detector, engine.test_split(detector), progress=not args.quiet)
     outputs.write_metrics(report, out / "run")
     print(outputs.format_table(report))
     print(f"checkpoint and metrics.json in {out / 'run'}")

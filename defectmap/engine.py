@@ -22,7 +22,7 @@ from defectmap.checkpoint import EXPORT_SUFFIXES, load_checkpoint, versions
 from defectmap.config import Config, check_rate, resolve_config
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
-from defectmap.data.mvtec import CategoryData, Sample, open_category
+from defectmap.data.mvtec import CategoryData, Sample, leave_out_trained_files, open_category
 from defectmap.data.transforms import resize_map
 from defectmap.errors import ConfigError, DataError, DefectmapError
 from defectmap.export import load_exported
@@ -240,6 +240,14 @@ def test_outputs(detector: Detector, category: CategoryData, *, progress: bool =
             outputs["maps"].append(result["map"])
         start = time.perf_counter()
     return outputs
+
+
+def test_split(detector: Detector, category: CategoryData | None = None) -> CategoryData:
+    """What a detector is evaluated on: its dataset's test split (or `category`'s), without the files its checkpoint
+    records it trained or calibrated on."""
+    category = category or open_category(detector.config.data, normals=False)
+    leave_out_trained_files(category, detector.info)
+    return category
 
 
 def evaluate(detector: Detector, category: CategoryData, *, progress: bool = True, outputs: dict | None = None) -> dict:

@@ -61,7 +61,7 @@ def reconstruction_errors(detector: engine.Detector, samples) -> dict[str, float
 def score_checkpoint(path: str | Path, report: dict | None = None) -> dict:
     """One run's row: its block sizes, reconstruction errors and AUROCs (`report`: its test metrics, if known)."""
     detector = engine.load(path)
-    category = open_category(detector.config.data)
+    category = engine.test_split(detector)
     if report is None:
         report = engine.evaluate(detector, category, progress=False)
     blocks = list(detector.config.model.block_sizes)

@@ -16,7 +16,6 @@ from PIL import Image
 from defectmap import engine, metrics
 from defectmap.checkpoint import atomic_write
 from defectmap.data.images import load_image
-from defectmap.data.mvtec import open_category
 from defectmap.errors import DataError
 from defectmap.outputs import EXCEEDED, METRIC_NAMES, outline, regions_sentence, threshold_promise
 from defectmap.regions import defect_pixels
@@ -194,4 +193,4 @@ def report_run(run_dir: str | Path, progress: bool = True) -> Path:
         raise DataError(f"no model.ckpt or scores.csv in {run_dir}: give the --out folder of `defectmap train`, "
                         "`predict` or `watch`")  # fmt: skip
     detector = engine.load(run_dir / "model.ckpt")
-    return write_report(detector, open_category(detector.config.data, normals=False), run_dir, progress=progress)[0]
+    return write_report(detector, engine.test_split(detector), run_dir, progress=progress)[0]

@@ -7,13 +7,14 @@ import shutil
 import numpy as np
 import pytest
 
+from defectmap import engine, training
 from defectmap.cli import main
 from defectmap.config import DataConfig
 from defectmap.data.adapters import detect_format
 from defectmap.data.folders import open_test_folders
 from defectmap.data.mvtec import CategoryData, Sample, leave_out_trained_files, open_category
 from defectmap.errors import DataError
-from tests.conftest import write_image
+from tests.conftest import tiny_config, write_image
 from tests.test_cli import TINY
 
 
@@ -124,3 +125,14 @@ def test_test_command_on_folders_and_on_another_dataset(tmp_path, tiny_dataset, 
         "defectmap: error: give either --data/--category or --good/--defects, not both",
         "defectmap: error: --masks goes with --defects: the folders of defective images they mark",
     ]
+
+
+def test_every_evaluation_leaves_out_the_files_that_trained_the_model(tmp_path, tiny_dataset):
+    good = tiny_dataset / "tiny" / "train" / "good"
+    cfg = tiny_config("ae", category="parts")
+    cfg.data.good_dir, cfg.data.test_good_dir = str(good), str(good)  # a test folder that holds the training images
+    cfg.data.defect_dir = str(tiny_dataset / "tiny" / "test" / "hole")
+    detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False))
+    assert len(open_category(detector.config.data, normals=False).test) == 8 + 2
+    split = engine.test_split(detector)  # what test, report, benchmark and the demo evaluate
+    assert [s.label for s in split.test] == [1, 1] and "8 test images that trained" in split.notes[-1]
