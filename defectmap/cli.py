@@ -78,23 +78,25 @@ def _test_split(detector: engine.Detector, args: argparse.Namespace) -> Category
     """What `test` evaluates: the checkpoint's dataset, another one (--data, its layout detected afresh), or plain
     folders (--good, --defects, --masks); without the images the checkpoint records it trained or calibrated on."""
     data_cfg = detector.config.data
+    if args.masks and not args.defects:
+        raise DefectmapError("--masks goes with --defects: the folders of defective images they mark")
     if args.good or args.defects:
         if args.data or args.category:
             raise DefectmapError("give either --data/--category or --good/--defects, not both")
         name = detector.info.get("category") or data_cfg.category or Path(args.good or args.defects[0]).name
         category = open_test_folders(name, args.good or "", args.defects, args.masks or "")
     else:
-        if args.masks:
-            raise DefectmapError("--masks goes with --defects: the folders of defective images they mark")
         if args.data:  # another dataset: its own layout, not the folders or format the model was trained with
             for key in ("good_dir", "test_good_dir", "defect_dir", "mask_dir"):
                 setattr(data_cfg, key, "")
             data_cfg.format, data_cfg.root = "auto", args.data
         data_cfg.category = args.category or data_cfg.category
         category = open_category(data_cfg, normals=False)
+    given = len(category.test)
     category = engine.test_split(detector, category)
     if not category.test:
-        raise DataError(f"{category.name} has no test images: give them with --good DIR and --defects DIR "
+        why = f" (all {given} trained or calibrated the model)" if given else ""
+        raise DataError(f"{category.name} has no test images{why}: give them with --good DIR and --defects DIR "
                         "[--masks DIR], or a dataset with --data ROOT")  # fmt: skip
     return category
 

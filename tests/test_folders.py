@@ -119,11 +119,14 @@ def test_test_command_on_folders_and_on_another_dataset(tmp_path, tiny_dataset, 
     assert on_dataset["aupro"] == on_folders["aupro"]
     capsys.readouterr()
     assert main(["test", ckpt, "--data", str(tiny_dataset), *folders]) == 2
-    assert main(["test", ckpt, "--masks", str(root / "masks")]) == 2
+    assert main(["test", ckpt, "--good", str(root / "good"), "--masks", str(root / "masks")]) == 2
+    assert main(["test", ckpt, "--good", str(parts)]) == 2  # only the images it trained on
     said = capsys.readouterr().err.splitlines()
     assert said == [
         "defectmap: error: give either --data/--category or --good/--defects, not both",
         "defectmap: error: --masks goes with --defects: the folders of defective images they mark",
+        "defectmap: error: parts has no test images (all 8 trained or calibrated the model): give them with --good "
+        "DIR and --defects DIR [--masks DIR], or a dataset with --data ROOT",
     ]
 
 
