@@ -44,6 +44,9 @@ def test_a_folder_of_images_given_as_data_trains_on_them(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(DataError, match="or a folder that holds good images"):  # what else --data may name
         open_category(DataConfig(root=str(tmp_path / "other")))
+    shutil.copytree(tmp_path / "parts", tmp_path / "labelled" / "good")  # good/ beside the defects: point at it
+    with pytest.raises(DataError, match=f"to train on {tmp_path / 'labelled' / 'good'}'s images, give --data "):
+        open_category(DataConfig(root=str(tmp_path / "labelled")))
 
 
 def test_test_folders_pair_masks_and_name_defect_types(tmp_path, tiny_dataset):

@@ -15,9 +15,16 @@ import numpy as np
 from PIL import Image
 
 from defectmap.config import DataConfig
-from defectmap.data.folders import holds_images
 from defectmap.data.images import is_image_file
-from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, dataset_root, find_mask
+from defectmap.data.mvtec import (
+    CategoryData,
+    Sample,
+    _images_in,
+    _split_validation,
+    dataset_root,
+    find_mask,
+    holds_images,
+)
 from defectmap.errors import DataError
 
 

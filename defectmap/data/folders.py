@@ -14,18 +14,10 @@ from pathlib import Path
 
 from defectmap.config import DataConfig
 from defectmap.data.images import is_image_file
-from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, find_mask
+from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, find_mask, holds_images
 from defectmap.errors import DataError
 
 GOOD_NAMES = ("good", "ok")  # folders that hold good images in the layouts we read (MVTec, BTAD)
-
-
-def holds_images(folder: Path) -> bool:
-    """Whether `folder` has image files directly in it (not only in subfolders)."""
-    try:
-        return folder.is_dir() and any(is_image_file(p) for p in folder.iterdir())
-    except OSError:  # unreadable: not a folder of images we can use
-        return False
 
 
 def _images_under(folder: Path, skip: Path | None) -> list[Path]:

@@ -76,6 +76,14 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
+def holds_images(folder: Path) -> bool:
+    """Whether `folder` has image files directly in it (not only in subfolders)."""
+    try:
+        return folder.is_dir() and any(is_image_file(p) for p in folder.iterdir())
+    except OSError:  # unreadable: not a folder of images we can use
+        return False
+
+
 def find_mask(mask_folder: Path, stem: str) -> Path | None:
     for name in (f"{stem}_mask", stem, f"{stem}_GT", f"{stem}_gt"):
         for suffix in IMAGE_SUFFIXES:
@@ -142,8 +150,10 @@ def open_mvtec(cfg: DataConfig) -> CategoryData:
     if not root.is_dir():
         raise DataError(f"category folder {root} does not exist; {_categories_hint(Path(cfg.root), cfg.category)}")
     good_dir = root / "train" / "good"
-    if not good_dir.is_dir() or not _images_in(good_dir):
-        raise DataError(f"no images found in {good_dir}: {LAYOUT_HELP}")
+    if not holds_images(good_dir):
+        good = next((root / name for name in ("good", "ok", "OK", "Good") if holds_images(root / name)), None)
+        hint = f"to train on {good}'s images, give --data {good}" if good else LAYOUT_HELP
+        raise DataError(f"no images found in {good_dir}: {hint}")
     train, val = _split_validation(_images_in(good_dir), cfg.val_fraction, cfg.split_seed)
     test_root = root / "test"
     defect_dirs = sorted(d for d in test_root.iterdir() if d.is_dir()) if test_root.is_dir() else []
