@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from torch import __version__ as torch_version
 
@@ -14,6 +15,13 @@ from defectmap.export import FORMATS
 from defectmap.models import MODELS
 
 DEVICE_HELP = "auto (a GPU when there is one) | cpu | cuda | cuda:N"
+MODEL_HELP = "model.ckpt (or its run folder), or an exported model.onnx / model.ts"
+
+
+def model_file(text: str) -> str:
+    """A checkpoint argument: a run folder stands for the model.ckpt in it."""
+    path = Path(text)
+    return str(path / "model.ckpt") if path.is_dir() and (path / "model.ckpt").is_file() else text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("test", help="evaluate a checkpoint on its test split; writes metrics.json")
-    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("checkpoint", type=model_file, help=MODEL_HELP)
     p.add_argument("--data", help="dataset root, its layout detected (default: the one it was trained on)")
     p.add_argument("--category", help="category folder under --data (default: the one it was trained on)")
     p.add_argument("--good", help="instead of a dataset: a folder of good test images (searched recursively)")
@@ -52,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("predict", help="score images; writes scores.csv, regions.csv and an anomaly-map PNG per image")
-    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("checkpoint", type=model_file, help=MODEL_HELP)
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="folder for scores.csv, regions.csv, errors.csv, maps/ and masks/")
     p.add_argument("--resume", action="store_true", help="skip images already in OUT/scores.csv or errors.csv")
@@ -66,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("watch", help="score images as they arrive in a folder, into the files predict writes")
-    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("checkpoint", type=model_file, help=MODEL_HELP)
     p.add_argument("folder", help="the folder new images arrive in (searched recursively)")
     p.add_argument("--out", required=True, help="folder for scores.csv ... as predict; its rows are kept")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between looks at an idle folder")
@@ -78,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("threshold", help="re-calibrate a checkpoint's threshold without retraining")
-    p.add_argument("checkpoint", help="a model.ckpt (updated in place)")
+    p.add_argument("checkpoint", type=model_file, help="a model.ckpt or its run folder (updated in place)")
     p.add_argument("--fpr", type=float, default=0.01, help="share of good validation images allowed above it")
     p.add_argument("--defects", help="a folder of defective validation images (not test images): use max F1")
     p.add_argument("--good", help="a folder of good images to calibrate on instead of the validation split")
@@ -86,12 +94,12 @@ def parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("export", help="export a checkpoint as ONNX or TorchScript (config and threshold inside)")
-    p.add_argument("checkpoint", help="a model.ckpt")
+    p.add_argument("checkpoint", type=model_file, help="a model.ckpt or its run folder")
     p.add_argument("--format", choices=FORMATS, help="default: the one --out's suffix names")
     p.add_argument("--out", required=True, help="output file: model.onnx (ONNX) or model.ts (TorchScript)")
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model")
-    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("checkpoint", type=model_file, help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -144,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("info", help="what a checkpoint or exported model is: method, training, threshold, versions")
-    p.add_argument("checkpoint", help="model.ckpt, or an exported model.onnx / model.ts")
+    p.add_argument("checkpoint", type=model_file, help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print every record and setting as JSON")
 
     sub.add_parser("models", help="list the available methods")

@@ -21,6 +21,8 @@ def test_info_says_what_trained_the_model_and_what_its_threshold_promises(traine
     assert lines[5] == "  map filters:  none"
     assert lines[6].startswith("  threshold:    ") and lines[6].endswith(" (false-reject rate 0.01 on 1 good image)")
     assert lines[7] == "  promise:      about 50.0% of good parts rejected, at most 95.0% at 95% confidence"
+    assert main(["info", str(trained)]) == 0  # a run folder stands for its model.ckpt, in every command
+    assert capsys.readouterr().out.splitlines() == lines
     onnx = str(tmp_path / "model.onnx")
     assert main(["export", ckpt, "--out", onnx]) == 0
     records = []
