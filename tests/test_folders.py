@@ -31,7 +31,7 @@ def _test_folders(root, tiny_dataset):
     return root
 
 
-def test_a_folder_of_images_given_as_data_trains_on_them(tmp_path):
+def test_a_folder_of_images_given_as_data_trains_on_them(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     for i in range(5):
         write_image(tmp_path / "parts" / f"{i}.png", rng.random((20, 24, 3)))
@@ -41,6 +41,9 @@ def test_a_folder_of_images_given_as_data_trains_on_them(tmp_path):
     assert data.name == "parts" and len(data.train) == 4 and len(data.val) == 1 and not data.test
     assert any("training only" in note for note in data.notes)
     assert detect_format(DataConfig(root=str(tmp_path), category="parts")) == "mvtec"  # a category: not the folder
+    monkeypatch.chdir(tmp_path / "parts")
+    with pytest.raises(DataError, match="no dataset given"):  # no --data: not the images in the current folder
+        open_category(DataConfig())
     (tmp_path / "other").mkdir()
     with pytest.raises(DataError, match="or a folder that holds good images"):  # what else --data may name
         open_category(DataConfig(root=str(tmp_path / "other")))

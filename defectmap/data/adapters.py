@@ -142,7 +142,7 @@ def detect_format(cfg: DataConfig) -> str:
     """The layout found under data.root (and data.category); `mvtec` when nothing else matches."""
     root = Path(cfg.root)
     base = root / cfg.category if cfg.category else root
-    if cfg.good_dir or (not cfg.category and not (root / "train").is_dir() and holds_images(root)):
+    if cfg.good_dir or (cfg.root and not cfg.category and not (root / "train").is_dir() and holds_images(root)):
         return "folder"  # data.good_dir, or --data names a folder of good images
     if (root / "split_csv" / "1cls.csv").is_file():
         return "visa"
