@@ -86,6 +86,10 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict, *
 
 def load_checkpoint(path: str | Path, expected_format: str = FORMAT) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder without model.ckpt: give a run folder (train's --out) or a checkpoint"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix in EXPORT_SUFFIXES.values():  # only the calibration's writers get here with one

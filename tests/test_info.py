@@ -23,6 +23,9 @@ def test_info_says_what_trained_the_model_and_what_its_threshold_promises(traine
     assert lines[7] == "  promise:      about 50.0% of good parts rejected, at most 95.0% at 95% confidence"
     assert main(["info", str(trained)]) == 0  # a run folder stands for its model.ckpt, in every command
     assert capsys.readouterr().out.splitlines() == lines
+    assert main(["info", str(trained.parent)]) == 2  # a folder that holds no model.ckpt
+    said = f"defectmap: error: {trained.parent} is a folder without model.ckpt: give a run folder (train's --out) or a "
+    assert capsys.readouterr().err == said + "checkpoint\n"
     onnx = str(tmp_path / "model.onnx")
     assert main(["export", ckpt, "--out", onnx]) == 0
     records = []
