@@ -14,10 +14,16 @@ from pathlib import Path
 
 from defectmap.config import DataConfig
 from defectmap.data.images import is_image_file
-from defectmap.data.mvtec import CategoryData, Sample, _images_in, _split_validation, find_mask, holds_images
+from defectmap.data.mvtec import (
+    GOOD_NAMES,
+    CategoryData,
+    Sample,
+    _images_in,
+    _split_validation,
+    find_mask,
+    holds_images,
+)
 from defectmap.errors import DataError
-
-GOOD_NAMES = ("good", "ok")  # folders that hold good images in the layouts we read (MVTec, BTAD)
 
 
 def _images_under(folder: Path, skip: Path | None) -> list[Path]:

@@ -13,6 +13,7 @@ from defectmap.config import DataConfig
 from defectmap.data.images import IMAGE_SUFFIXES, file_digest, is_image_file
 from defectmap.errors import DataError
 
+GOOD_NAMES = ("good", "ok")  # folders that hold good images in the layouts we read (MVTec, BTAD), any case
 LAYOUT_HELP = "expected MVTec AD layout, or a folder that holds good images; see README#datasets"
 
 
@@ -151,7 +152,7 @@ def open_mvtec(cfg: DataConfig) -> CategoryData:
         raise DataError(f"category folder {root} does not exist; {_categories_hint(Path(cfg.root), cfg.category)}")
     good_dir = root / "train" / "good"
     if not holds_images(good_dir):
-        good = next((root / name for name in ("good", "ok", "OK", "Good") if holds_images(root / name)), None)
+        good = next((d for d in sorted(root.iterdir()) if d.name.lower() in GOOD_NAMES and holds_images(d)), None)
         hint = f"to train on {good}'s images, give --data {good}" if good else LAYOUT_HELP
         raise DataError(f"no images found in {good_dir}: {hint}")
     train, val = _split_validation(_images_in(good_dir), cfg.val_fraction, cfg.split_seed)
