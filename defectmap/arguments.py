@@ -15,6 +15,7 @@ from defectmap.export import FORMATS
 from defectmap.models import MODELS
 
 DEVICE_HELP = "auto (a GPU when there is one) | cpu | cuda | cuda:N"
+TILE_HELP = "score overlapping tiles of this many pixels (0: whole images; default: the tiling the model trained on)"
 MODEL_HELP = "model.ckpt (or its run folder), or an exported model.onnx / model.ts"
 
 
@@ -54,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="instead of a dataset: folders of defective test images (subfolder = defect type)")  # fmt: skip
     p.add_argument("--masks", help="with --defects: their masks, by name (<stem>_mask.png, or in a subfolder per type)")
     p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
-    p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
+    p.add_argument("--tile", type=int, help=TILE_HELP)
     p.add_argument("--report", action="store_true", help="also write report.html (curves, histograms, gallery)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
@@ -66,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip images already in OUT/scores.csv or errors.csv")
     p.add_argument("--devices", type=int, default=1,
                    help="shard the images over this many processes (torchrun; on CUDA one per GPU)")  # fmt: skip
-    p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
+    p.add_argument("--tile", type=int, help=TILE_HELP)
     p.add_argument("--overlay", action="store_true", help="also OUT/overlays/: each image, predicted defects outlined")
     p.add_argument("--min-area", type=int, default=1,
                    help="leave predicted defect regions smaller than this many pixels out of regions.csv")  # fmt: skip
@@ -79,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for scores.csv ... as predict; its rows are kept")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between looks at an idle folder")
     p.add_argument("--settle", type=float, default=0.5, help="read an image once its last write is this old (s)")
-    p.add_argument("--tile", type=int, help="score large images as overlapping tiles of this many pixels")
+    p.add_argument("--tile", type=int, help=TILE_HELP)
     p.add_argument("--overlay", action="store_true", help="also OUT/overlays/: each image, predicted defects outlined")
     p.add_argument("--min-area", type=int, default=1, help="leave regions under this many pixels out of regions.csv")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -90,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fpr", type=float, default=0.01, help="share of good validation images allowed above it")
     p.add_argument("--defects", help="a folder of defective validation images (not test images): use max F1")
     p.add_argument("--good", help="a folder of good images to calibrate on instead of the validation split")
+    p.add_argument("--tile", type=int, help="set it for images scored as tiles of this many pixels (0: whole images); "
+                                            "test and predict then score so")  # fmt: skip
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     common(p)
 

@@ -23,7 +23,7 @@ from defectmap.data.adapters import detect_format
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
 from defectmap.data.mvtec import CategoryData, open_category
-from defectmap.describe import describe, describe_lines, method_title
+from defectmap.describe import describe, describe_lines, method_title, threshold_rule
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
@@ -191,11 +191,12 @@ def cmd_watch(args: argparse.Namespace) -> None:
 def cmd_threshold(args: argparse.Namespace) -> None:
     load_checkpoint(args.checkpoint)  # an exported model is refused here, before any scoring
     detector = engine.load(args.checkpoint, device=args.device)
+    _set_tile(detector, args.tile)
     defects = [sample for sample, _ in outputs.collect_images([args.defects])] if args.defects else None
     good = [sample for sample, _ in outputs.collect_images([args.good])] if args.good else None
     calibration = engine.recalibrate(detector, args.fpr, defects, progress=not args.quiet, good=good)
     update_calibration(args.checkpoint, calibration)
-    print(f"threshold {calibration['threshold']:.6g} ({calibration['threshold_rule']}) saved in "
+    print(f"threshold {calibration['threshold']:.6g} ({threshold_rule(calibration)}) saved in "
           f"{args.checkpoint}{_promise(calibration)}")  # fmt: skip
 
 

@@ -27,7 +27,9 @@ class DataConfig:
     cache: bool = True  # keep preprocessed training images in memory
     num_workers: int = 0  # DataLoader worker processes that decode images (0: in the main process)
     max_pixels: int = 100_000_000  # larger images are refused (decompression-bomb guard)
-    tile: int = 0  # test/predict: score overlapping tile x tile windows of the original image (0: whole image)
+    # Train, calibrate, test and predict on overlapping tile x tile windows of the original images, each resized
+    # to image_size (0: whole images); for large images with small defects. See data/tiles.py.
+    tile: int = 0
     tile_overlap: int = 32  # pixels shared by neighbouring tiles
     # Few-shot protocol (models that learn from anomalies, e.g. prn): k real anomalies drawn from the test
     # split with anomaly_seed, used for training and removed from evaluation.
@@ -211,6 +213,19 @@ def check_rate(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be in [0, 1), got {value}")
 
 
+def check_tiling(cfg: Config) -> None:
+    """`data.tile` with settings that cannot work on tiles: checked with every config and again before scoring (the
+    Python API may set the tile on a loaded detector)."""
+    data = cfg.data
+    if data.tile and data.tile_overlap >= data.tile:
+        raise ConfigError(f"data.tile_overlap must be below data.tile ({data.tile}), got {data.tile_overlap}")
+    if data.tile and cfg.postprocess.normalize:
+        raise ConfigError(
+            "data.tile cannot be used with postprocess.normalize: its per-position statistics describe whole "
+            "images, not tiles; score whole images or train without postprocess.normalize"
+        )
+
+
 def check_values(cfg: Config) -> None:
     """One-line errors for settings out of range: the shared ones, the model's sizes and counts
     (`AnomalyModel.positive`), and an input size the model cannot take (`AnomalyModel.input_rule`)."""
@@ -230,8 +245,7 @@ def check_values(cfg: Config) -> None:
     for name in ("near_copy_similarity", "unseen_parts"):
         if not 0 <= getattr(cfg.data, name) <= 1:
             raise ConfigError(f"data.{name} must be in [0, 1] (0: off), got {getattr(cfg.data, name)}")
-    if cfg.data.tile and cfg.data.tile_overlap >= cfg.data.tile:
-        raise ConfigError(f"data.tile_overlap must be below data.tile ({cfg.data.tile}), got {cfg.data.tile_overlap}")
+    check_tiling(cfg)
     for name in model_class.positive:
         value = getattr(cfg.model, name)
         entries = value if isinstance(value, tuple) else (value,)

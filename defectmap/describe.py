@@ -25,11 +25,12 @@ def method_title(method: str) -> str:
 
 def threshold_rule(calibration: dict) -> str:
     """How the threshold was set: recorded by `threshold`, or train's false-reject rule on its validation images."""
+    tiles = f", scored as {calibration['tile']}-pixel tiles" if calibration.get("tile") else ""
     if "threshold_rule" in calibration:
-        return calibration["threshold_rule"]
+        return calibration["threshold_rule"] + tiles
     if "false_reject_rate" in calibration:
         n = calibration["val_images"]
-        return f"false-reject rate {calibration['false_reject_rate']} on {n} good image{'s' * (n != 1)}"
+        return f"false-reject rate {calibration['false_reject_rate']} on {n} good image{'s' * (n != 1)}{tiles}"
     return "rule not recorded"
 
 
@@ -71,7 +72,10 @@ def describe(detector) -> dict:
 def describe_lines(d: dict) -> list[str]:
     """`describe`'s dict as the lines `defectmap info` prints."""
     where = d["dataset"]["good_dir"] or d["dataset"]["root"]
-    lines = [f"{d['method']}: {d['title']}", f"  category:     {d['category']} ({where}), input {d['image_size']}²"]
+    data = d["config"]["data"]
+    tiles = f" from {data['tile']}-pixel tiles (overlap {data['tile_overlap']})" if data["tile"] else ""
+    input_line = f"  category:     {d['category']} ({where}), input {d['image_size']}²{tiles}"
+    lines = [f"{d['method']}: {d['title']}", input_line]
     if backbone := d["config"]["model"].get("backbone"):  # PRN's frozen feature extractor
         weights = "ImageNet weights" if d["config"]["model"].get("pretrained", True) else "random init"
         lines.append(f"  backbone:     {backbone}, {weights}")

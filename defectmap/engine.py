@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from defectmap import metrics
 from defectmap.checkpoint import EXPORT_SUFFIXES, load_checkpoint, versions
-from defectmap.config import Config, check_rate, resolve_config
+from defectmap.config import Config, check_rate, check_tiling, resolve_config
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import CategoryData, Sample, leave_out_trained_files, open_category
 from defectmap.data.transforms import resize_map
-from defectmap.errors import ConfigError, DataError, DefectmapError
+from defectmap.errors import DataError, DefectmapError
 from defectmap.export import load_exported
 from defectmap.models import MODELS, AnomalyModel
 from defectmap.progress import bars_off
@@ -187,16 +187,17 @@ def recalibrate(
     check_rate("the false-reject rate", false_reject_rate)
     data = detector.config.data
     normals = good if good else open_category(data).val
-    val_set = ImageDataset(normals, data.image_size, max_pixels=data.max_pixels)
+    val_set = scoring_set(detector.config, normals)
     if not defects and (warning := unreliable_rate_warning(len(val_set), false_reject_rate)):
         warnings.warn(warning, stacklevel=2)
     batch, model, device = detector.config.train.eval_batch_size, detector.model, detector.device
     calibration, good_scores = _validation_calibration(model, val_set, batch, device, false_reject_rate, progress)
+    calibration["tile"] = data.tile
     which = "user-given good" if good else "good validation"
     if not defects:
         calibration["threshold_rule"] = f"false-reject rate {false_reject_rate} on {len(val_set)} {which} images"
         return calibration
-    bad_set = ImageDataset(defects, data.image_size, max_pixels=data.max_pixels)
+    bad_set = scoring_set(detector.config, defects)
     bad = [r["score"] for r in tqdm(infer(model, bad_set, batch, device), "scoring the defective images", len(bad_set),
                                     disable=bars_off(progress), leave=False)]  # fmt: skip
     labels = [0] * len(good_scores) + [1] * len(bad)
@@ -208,23 +209,36 @@ def recalibrate(
     return calibration
 
 
-def _scoring_set(config: Config, samples: list[Sample], skip_errors: bool = False) -> ImageDataset:
-    """What `test` and `predict` score: whole images, or overlapping tiles with `data.tile`."""
+def scoring_set(config: Config, samples: list[Sample], skip_errors: bool = False) -> ImageDataset:
+    """What thresholds are set on and `test` and `predict` score: whole images, or overlapping tiles (`data.tile`)."""
+    check_tiling(config)
     data = config.data
-    if data.tile and config.postprocess.normalize:
-        raise ConfigError(
-            "--tile cannot be used with postprocess.normalize: its per-position statistics describe whole "
-            "images, not tiles; score whole images or retrain without postprocess.normalize"
-        )
     return ImageDataset(samples, data.image_size, max_pixels=data.max_pixels, skip_errors=skip_errors,
                         tile=data.tile, tile_overlap=data.tile_overlap)  # fmt: skip
+
+
+def _tiling(tile: int) -> str:
+    return f"{tile}-pixel tiles" if tile else "whole images"
+
+
+def _detector_set(detector: Detector, samples: list[Sample], skip_errors: bool = False) -> ImageDataset:
+    """`scoring_set` for a detector; a warning when its threshold was set on other tiles (or on whole images)."""
+    tile, calibrated = detector.config.data.tile, detector.calibration.get("tile", 0)  # older checkpoints: whole
+    if tile != calibrated:
+        warnings.warn(
+            f"the threshold was set on {_tiling(calibrated)} and these are scored as {_tiling(tile)}: the decisions "
+            f"(and good_rejected, defects_missed) do not hold for them; `defectmap threshold MODEL --tile {tile}` "
+            "sets one for these",
+            stacklevel=3,
+        )
+    return scoring_set(detector.config, samples, skip_errors)
 
 
 def test_outputs(detector: Detector, category: CategoryData, *, progress: bool = True) -> dict:
     """Labels, scores, and (with ground truth) masks and maps at original size for the test split."""
     if not category.test:
         raise DataError(f"category {category.name} has no test images to evaluate")
-    dataset = _scoring_set(detector.config, category.test)
+    dataset = _detector_set(detector, category.test)
     outputs = {"labels": [], "scores": [], "masks": [], "maps": [], "seconds": 0.0}
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     start = time.perf_counter()
@@ -325,7 +339,7 @@ def predict(detector: Detector, images, *, progress: bool = True) -> Iterator[di
     "error"} instead, and prediction goes on.
     """
     samples = _as_samples(images)
-    dataset = _scoring_set(detector.config, samples, skip_errors=True)
+    dataset = _detector_set(detector, samples, skip_errors=True)
     cal = detector.calibration
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     for result in tqdm(results, total=len(dataset), desc="predicting", disable=bars_off(progress)):

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from defectmap import metrics
 from defectmap.checkpoint import atomic_write
 from defectmap.config import Config
-from defectmap.data.dataset import ImageDataset, synthetic_probe
+from defectmap.data.dataset import synthetic_probe
 from defectmap.data.mvtec import CategoryData
+from defectmap.data.tiles import normal_dataset
 from defectmap.errors import ConfigError
 from defectmap.models.daad import block_sizes
 from defectmap.progress import bars_off
@@ -57,7 +58,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
     data = cfg.data
     if not category.val:
         raise ConfigError("model.granularity=auto needs validation images: set data.val_fraction above 0")
-    normals = ImageDataset(category.val, data.image_size, cache=True, max_pixels=data.max_pixels)
+    normals = normal_dataset(category.val, data, cache=True)
     probe = synthetic_probe(normals, data.texture_dir, cfg.train.seed)
     trials = []
     for scale in tqdm(cfg.model.auto_scales, desc="granularity trials", disable=bars_off(progress), leave=False):

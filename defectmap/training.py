@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from defectmap import distributed
@@ -20,7 +20,8 @@ from defectmap.config import Config, config_to_dict, resolve_config
 from defectmap.data.dataset import AnomalyMixDataset, ImageDataset, load_foregrounds, synthetic_probe
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
-from defectmap.engine import build_model, calibrate_on_validation, resolve_device, seed_everything
+from defectmap.data.tiles import normal_dataset
+from defectmap.engine import build_model, calibrate_on_validation, resolve_device, scoring_set, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
 from defectmap.metrics import image_auroc
@@ -48,14 +49,14 @@ def _validation_loss(model: AnomalyModel, loader: DataLoader, device: torch.devi
     return total / max(count, 1)
 
 
-def _normal_batches(train_set: ImageDataset, batch_size: int, device, progress: bool):
+def _normal_batches(train_set: Dataset, batch_size: int, device, progress: bool):
     """The training normals for `model.prepare`; the bar appears only if the model reads them (PRN's prototypes)."""
     for batch in tqdm(DataLoader(train_set, batch_size=batch_size), desc="fitting to the training normals",
                       disable=bars_off(progress), leave=False):  # fmt: skip
         yield batch["image"].to(device)
 
 
-def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tuple[ImageDataset, ImageDataset]:
+def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tuple[Dataset, Dataset]:
     data = cfg.data
     if not category.val:
         warnings.warn("no validation images (data.val_fraction is 0, or there is one good training image): early "
@@ -64,30 +65,35 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
                       stacklevel=3)  # fmt: skip
     elif warning := unreliable_rate_warning(len(category.val), cfg.train.false_reject_rate):
         warnings.warn(warning, stacklevel=3)  # now, not after training: it depends on the count alone
-    train_set = ImageDataset(category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels)
-    val_set = ImageDataset(
-        category.val or category.train, data.image_size, cache=data.cache, max_pixels=data.max_pixels
+    train_set, val_set = (
+        normal_dataset(samples, data, cache=data.cache, progress=progress)
+        for samples in (category.train, category.val or category.train)
     )
-    if data.cache:  # decode everything up front: a bad image fails now, before any output exists
+    if data.tile:  # the windows test and predict will score, each an item (decoded as the tiles were cut)
+        if progress:
+            tqdm.write(f"training on {len(train_set)} tiles of {len(category.train)} images, validating on "
+                       f"{len(val_set)} tiles of {len(val_set.samples)}")  # fmt: skip
+    elif data.cache:  # decode everything up front: a bad image fails now, before any output exists
         for dataset in (train_set, val_set):
             for i in tqdm(range(len(dataset)), desc="loading images", disable=bars_off(progress), leave=False):
                 dataset[i]
     return train_set, val_set
 
 
-def probe_batches(cfg: Config, val_set: ImageDataset, device: torch.device):
+def probe_batches(cfg: Config, val_set: Dataset, device: torch.device):
     """(images, labels) batches of the validation normals with synthetic anomalies, built only when iterated."""
     probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed)
     for batch in DataLoader(probe, batch_size=cfg.train.eval_batch_size):
         yield batch["image"].to(device), batch["label"]
 
 
-def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, device, progress: bool = False) -> dict:
+def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: Dataset, device, progress: bool = False) -> dict:
     """After training: the error-map steps with `postprocess.choose=synthetic`, the model's own calibration on
     validation normals (the config values it chooses are written into `cfg.model`, so the checkpoint records them),
     then thresholds and normalisation."""
     if progress:
-        tqdm.write(f"calibrating on the {len(val_set)} validation normals")
+        tiles = f" ({len(val_set)} tiles)" if cfg.data.tile else ""
+        tqdm.write(f"calibrating on the {len(val_set.samples)} validation normals{tiles}")
     if cfg.postprocess.choose == "synthetic":
         choose_postprocess(cfg, model, val_set, device, progress)
     model.eval()
@@ -98,11 +104,14 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: ImageDataset, d
         if progress:
             tqdm.write(f"calibration chose model.{key}={value}")
     rate = cfg.train.false_reject_rate
-    return calibrate_on_validation(model, val_set, cfg.train.eval_batch_size, device, rate, progress)
+    # Thresholds hold for what test and predict score: with data.tile, whole images stitched from their tiles.
+    scored = scoring_set(cfg, val_set.samples) if cfg.data.tile else val_set
+    calibration = calibrate_on_validation(model, scored, cfg.train.eval_batch_size, device, rate, progress)
+    return {**calibration, "tile": cfg.data.tile}
 
 
 @torch.no_grad()
-def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: ImageDataset, device, progress: bool = False) -> None:
+def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: Dataset, device, progress: bool = False) -> None:
     """`postprocess.choose=synthetic`: of the four on/off combinations of normalisation and HEE, keep the one whose
     image AUROC on the validation normals with synthetic anomalies is best (ties: the fewer steps). The model's
     filter shares `cfg.postprocess`, so the checkpoint records the choice."""
@@ -144,6 +153,21 @@ def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, tra
     return train_mix, val_mix
 
 
+def _check_tiles(cfg: Config, category: CategoryData) -> None:
+    """What training on tiles (`data.tile`) cannot do yet, refused before anything is written."""
+    if not cfg.data.tile:
+        return
+    refused = [
+        (category.anomalies, "real anomalies (data.anomalies) are not cut into tiles; set data.anomalies=0"),
+        (cfg.data.foreground_dir, "foreground masks (data.foreground_dir) are not cut into tiles; leave it empty"),
+        (cfg.postprocess.choose == "synthetic", "postprocess.choose=synthetic tries position normalisation, which "
+                                                "describes whole images; set postprocess.choose=manual"),
+    ]  # fmt: skip
+    for present, reason in refused:
+        if present:
+            raise ConfigError(f"training on tiles (data.tile={cfg.data.tile}): {reason}, or train on whole images")
+
+
 def _mixed_precision(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """train.amp: off | bf16 (CUDA or CPU autocast) | fp16 (CUDA only, with gradient scaling)."""
     if mode == "off":
@@ -176,6 +200,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     category = open_category(cfg.data)
     if cfg.postprocess.choose == "synthetic" and not category.val:
         raise ConfigError("postprocess.choose=synthetic needs validation images: set data.val_fraction above 0")
+    _check_tiles(cfg, category)
     if getattr(cfg.model, "granularity", None) == "auto":  # DAAD's block size, chosen on synthetic anomalies
         cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)

@@ -1,16 +1,21 @@
-"""Tiling: windows cover the image, an image of tile size reproduces the untiled map, stitching is exact."""
+"""Tiling: windows cover the image, an image of tile size reproduces the untiled map, stitching is exact; training on
+tiles learns and calibrates on the windows that test and predict score."""
 
 import numpy as np
 import pytest
 import torch
 
 from defectmap import engine, training
+from defectmap.checkpoint import load_checkpoint
+from defectmap.cli import main
 from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
-from defectmap.data.mvtec import Sample
+from defectmap.data.mvtec import Sample, open_category
+from defectmap.data.tiles import TileDataset
 from defectmap.data.transforms import tile_boxes
 from defectmap.errors import ConfigError
 from defectmap.models.base import AnomalyModel, Output
+from defectmap.threshold import threshold_at_false_reject
 from tests.conftest import tiny_config, write_image
 
 
@@ -63,5 +68,67 @@ def test_position_normalisation_is_fitted_in_training_and_refuses_tiles(method, 
     path = write_image(tmp_path / "x.png", np.random.default_rng(0).random((64, 64, 3)))
     assert np.isfinite(next(engine.predict(detector, [Sample(path, 0)], progress=False))["map"]).all()
     detector.config.data.tile = 64
-    with pytest.raises(ConfigError, match="--tile cannot be used with postprocess.normalize"):
+    with pytest.raises(ConfigError, match="data.tile cannot be used with postprocess.normalize"):
         next(engine.predict(detector, [Sample(path, 0)], progress=False))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_tile_dataset_items_are_the_windows_scoring_cuts(cache, tmp_path):
+    paths = [write_image(tmp_path / f"{i}.png", np.random.default_rng(i).random(shape + (3,)))
+             for i, shape in enumerate([(90, 150), (30, 30)])]  # fmt: skip
+    samples = [Sample(path, 0) for path in paths]
+    tiles = TileDataset(samples, 20, 40, 10, cache=cache)
+    scored = ImageDataset(samples, 20, tile=40, tile_overlap=10)
+    expected = [(i, box) for i in range(2) for box in scored[i]["boxes"].tolist()]
+    assert len(tiles) == len(expected) == len(tile_boxes(90, 150, 40, 10)) + 1
+    for k, (i, (y0, y1, x0, x1)) in enumerate(expected):
+        item = tiles[k]
+        first = sum(len(scored[j]["boxes"]) for j in range(i))
+        torch.testing.assert_close(item["image"], scored[i]["tiles"][k - first], rtol=0, atol=0)
+        assert item["size"].tolist() == [y1 - y0, x1 - x0] and item["label"] == 0 and not item["mask"].any()
+
+
+def _tiled_config(method, root, **data):
+    cfg = tiny_config(method, root)
+    apply_overrides(cfg, {"data": {"tile": 24, "tile_overlap": 8, **data}})
+    return cfg
+
+
+def test_training_on_tiles_sets_the_threshold_on_what_test_and_predict_score(tiny_dataset, tmp_path, recwarn):
+    cfg = _tiled_config("ae", tiny_dataset)
+    detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
+    assert detector.config.data.tile == 24 and detector.calibration["tile"] == 24
+    val = open_category(cfg.data).val
+    scores = [r["score"] for r in engine.infer(detector.model, engine.scoring_set(cfg, val), 4, detector.device)]
+    assert detector.calibration["threshold"] == threshold_at_false_reject(np.array(scores), 0.01)
+    rows = list(engine.predict(detector, val, progress=False))
+    assert [row["score"] for row in rows] == pytest.approx(scores, rel=1e-6)
+    assert not [w for w in recwarn if "threshold was set on" in str(w.message)]
+    detector.config.data.tile = 0  # the scale it was not calibrated for: the decisions are flagged
+    with pytest.warns(UserWarning, match="threshold was set on 24-pixel tiles and these are scored as whole images"):
+        list(engine.predict(detector, val, progress=False))
+
+
+def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tmp_path, capsys):
+    checkpoint = training.fit(tiny_config("ae", tiny_dataset), tmp_path / "run", progress=False)
+    assert main(["threshold", str(checkpoint), "--tile", "36", "--quiet"]) == 0
+    assert "scored as 36-pixel tiles) saved in" in capsys.readouterr().out
+    payload = load_checkpoint(checkpoint)
+    assert payload["config"]["data"]["tile"] == 36 and payload["calibration"]["tile"] == 36
+    assert main(["info", str(checkpoint)]) == 0
+    assert "input 32² from 36-pixel tiles (overlap 32)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "method,data,post,reason",
+    [
+        ("prn", {"anomalies": 1}, {}, r"real anomalies \(data.anomalies\) are not cut into tiles"),
+        ("ae", {}, {"choose": "synthetic"}, "postprocess.choose=synthetic tries position normalisation"),
+    ],
+)
+def test_training_on_tiles_refuses_what_it_cannot_cut(method, data, post, reason, tiny_dataset, tmp_path):
+    cfg = _tiled_config(method, tiny_dataset, **data)
+    apply_overrides(cfg, {"postprocess": post})
+    with pytest.raises(ConfigError, match=f"training on tiles \\(data.tile=24\\): {reason}"):
+        training.fit(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,86 @@
+"""Training on tiles (`data.tile`): every window that `test` and `predict` score, as a training item of its own.
+
+Large images with small defects lose those defects when the whole image is resized to the model input. With
+`data.tile`, scoring cuts overlapping tile x tile windows out of the original image (`tile_boxes`), resizes each
+to the model input and stitches the maps. A model trained on whole images would then see parts at another scale
+than it learned; `TileDataset` gives training the very same windows, so the model learns the scale it is used at.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from defectmap.config import DataConfig
+from defectmap.data.dataset import ImageDataset
+from defectmap.data.images import image_from_memory, load_image
+from defectmap.data.mvtec import Sample
+from defectmap.data.transforms import preprocess, tile_boxes
+from defectmap.progress import bars_off
+
+
+class TileDataset(Dataset):
+    """Items in `ImageDataset`'s format (image, mask, label, index, size), one per tile of every normal image.
+
+    Tiles are the windows scoring uses (`tile_boxes` with `tile_overlap`), each resized to `image_size`; `size` is
+    the window's own (H, W). Every image is decoded once here to learn its windows; with `cache` its tiles are kept
+    (one preprocessed tile weighs as much as one whole image of an untiled dataset), else each item decodes its
+    image again. For normal images: masks are all zero (labels are the images' own).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        image_size: int,
+        tile: int,
+        tile_overlap: int,
+        *,
+        cache: bool = True,
+        max_pixels: int = 100_000_000,
+        progress: bool = False,
+    ):
+        self.samples, self.image_size, self.max_pixels = samples, image_size, max_pixels
+        self.tile, self.tile_overlap = tile, tile_overlap
+        self.windows: list[tuple[int, tuple[int, int, int, int]]] = []  # (sample index, (y0, y1, x0, x1))
+        self._cache: list[torch.Tensor] | None = [] if cache else None
+        for index in tqdm(range(len(samples)), desc="cutting images into tiles", disable=bars_off(progress),
+                          leave=False):  # fmt: skip
+            image = self._image(index)
+            boxes = tile_boxes(image.shape[0], image.shape[1], tile, tile_overlap)
+            self.windows += [(index, box) for box in boxes]
+            if self._cache is not None:
+                self._cache += [self._cut(image, box) for box in boxes]
+
+    def _image(self, index: int):
+        sample = self.samples[index]
+        if sample.image is None:
+            return load_image(sample.path, self.max_pixels)
+        return image_from_memory(sample.image, self.max_pixels)
+
+    def _cut(self, image, box: tuple[int, int, int, int]) -> torch.Tensor:
+        y0, y1, x0, x1 = box
+        return preprocess(image[y0:y1, x0:x1], self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict:
+        sample_index, box = self.windows[index]
+        image = self._cache[index] if self._cache is not None else self._cut(self._image(sample_index), box)
+        y0, y1, x0, x1 = box
+        return {
+            "image": image,
+            "mask": torch.zeros(self.image_size, self.image_size),
+            "label": torch.tensor(self.samples[sample_index].label),
+            "index": torch.tensor(index),
+            "size": torch.tensor((y1 - y0, x1 - x0)),
+        }
+
+
+def normal_dataset(samples: list[Sample], data: DataConfig, *, cache: bool, progress: bool = False) -> Dataset:
+    """Normal images to train, validate or probe on: whole images, or with `data.tile` their tiles."""
+    if data.tile:
+        return TileDataset(samples, data.image_size, data.tile, data.tile_overlap, cache=cache,
+                           max_pixels=data.max_pixels, progress=progress)  # fmt: skip
+    return ImageDataset(samples, data.image_size, cache=cache, max_pixels=data.max_pixels)
