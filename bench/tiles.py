@@ -1,0 +1,88 @@
+"""Large images with small defects: the AE trained on whole images resized to the input, against the AE trained and
+scored on tiles of the original (`data.tile`), same input size.
+
+The data is the demo's woven fabric at `--size` pixels (default 640), each defect painted inside one random 96-pixel
+window, so a hole is 2-6 pixels across in the full image (about 0.5-1 pixel once the whole image is 128²). Written
+to OUT/data, MVTec layout. Prints a table and writes OUT/tiles.json:
+
+    python bench/tiles.py --out runs/tiles --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from defectmap.benchmark import run_one  # noqa: E402
+from defectmap.data.demo import DEFECTS, _save, add_defect, fabric  # noqa: E402
+
+WINDOW = 96  # defects are painted at the scale of a window this large
+
+
+def write_large_fabric(root: Path, size: int, n_train: int, n_good: int, n_defect: int, seed: int = 0) -> Path:
+    """`root/large_fabric` in MVTec layout: fabric of `size` pixels, each defect as small as in a 96-pixel image."""
+    rng = np.random.default_rng(seed)
+    base = root / "large_fabric"
+    if (base / "test").is_dir():
+        return base
+    for i in range(n_train):
+        _save(fabric(rng, size), base / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_good):
+        _save(fabric(rng, size), base / "test" / "good" / f"{i:03d}.png")
+    for kind in DEFECTS:
+        for i in range(n_defect):
+            image = fabric(rng, size)
+            y, x = rng.integers(0, size - WINDOW, 2)
+            window, small = add_defect(image[y : y + WINDOW, x : x + WINDOW], kind, rng)
+            image[y : y + WINDOW, x : x + WINDOW] = window
+            mask = np.zeros((size, size), dtype=np.float32)
+            mask[y : y + WINDOW, x : x + WINDOW] = small
+            _save(image, base / "test" / kind / f"{i:03d}.png")
+            _save(mask, base / "ground_truth" / kind / f"{i:03d}_mask.png")
+    return base
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=640, help="image side in pixels")
+    parser.add_argument("--input", type=int, default=128, help="model input (data.image_size) and tile size")
+    parser.add_argument("--whole-epochs", type=int, default=60)
+    parser.add_argument("--tile-epochs", type=int, default=6)
+    args = parser.parse_args(argv)
+    write_large_fabric(args.out / "data", args.size, n_train=80, n_good=20, n_defect=10)
+    common = [f"data.image_size={args.input}", "train.patience=8"]
+    variants = {
+        "whole images": [*common, f"train.epochs={args.whole_epochs}"],
+        f"{args.input}-pixel tiles": [*common, f"data.tile={args.input}", f"train.epochs={args.tile_epochs}"],
+    }
+    rows = []
+    for name, sets in variants.items():
+        for seed in range(args.seeds):
+            run_dir = args.out / name.replace(" ", "_") / f"seed{seed}"
+            report = run_one((name, "ae", None), args.out / "data", "large_fabric", seed, sets, run_dir)
+            keys = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "good_rejected", "defects_missed")
+            rows.append({"variant": name, "seed": seed, "sets": sets, "train_seconds": report["train_seconds"],
+                         **{k: report[k] for k in keys}})  # fmt: skip
+            print(f"{name}, seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in keys[:4])
+                  + f", {report['train_seconds']:.0f} s", flush=True)  # fmt: skip
+    print("\n| model input | seeds | image AUROC | pixel AUROC | AU-PRO@0.3 | pixel AP | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in variants:
+        mine = [r for r in rows if r["variant"] == name]
+        cells = [f"{np.mean([r[k] for r in mine]):.3f} ± {np.std([r[k] for r in mine], ddof=1):.3f}"
+                 for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")]  # fmt: skip
+        seconds = np.mean([r["train_seconds"] for r in mine])
+        print(f"| {name} | {len(mine)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    (args.out / "tiles.json").write_text(json.dumps({"size": args.size, "input": args.input, "runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
