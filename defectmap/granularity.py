@@ -25,7 +25,7 @@ from defectmap.checkpoint import atomic_write
 from defectmap.config import Config
 from defectmap.data.dataset import synthetic_probe
 from defectmap.data.mvtec import CategoryData
-from defectmap.data.tiles import normal_dataset
+from defectmap.data.tiles import dataset_as_trained
 from defectmap.errors import ConfigError
 from defectmap.models.daad import block_sizes
 from defectmap.progress import bars_off
@@ -58,7 +58,7 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
     data = cfg.data
     if not category.val:
         raise ConfigError("model.granularity=auto needs validation images: set data.val_fraction above 0")
-    normals = normal_dataset(category.val, data, cache=True)
+    normals = dataset_as_trained(category.val, data, cache=True)
     probe = synthetic_probe(normals, data.texture_dir, cfg.train.seed)
     trials = []
     for scale in tqdm(cfg.model.auto_scales, desc="granularity trials", disable=bars_off(progress), leave=False):

@@ -32,7 +32,7 @@ from defectmap.benchmark import run_one
 from defectmap.checkpoint import atomic_write, load_checkpoint
 from defectmap.config import build_config, load_preset
 from defectmap.data.mvtec import open_category
-from defectmap.data.tiles import normal_dataset
+from defectmap.data.tiles import dataset_as_trained
 from defectmap.errors import ConfigError, DataError
 from defectmap.models.daad import block_sizes
 from defectmap.progress import bars_off
@@ -45,7 +45,7 @@ ERRORS_FILE = "reconstruction_errors.json"
 def reconstruction_errors(detector: engine.Detector, samples) -> dict[str, float]:
     """Mean per-pixel squared reconstruction error of the good (label 0) and defective (label 1) samples."""
     cfg = detector.config
-    dataset = normal_dataset(samples, cfg.data, cache=False)  # with data.tile: the errors of the tiles it trained on
+    dataset = dataset_as_trained(samples, cfg.data, cache=False)  # data.tile: tiles, defective if they hold defects
     errors: dict[int, list[float]] = {0: [], 1: []}
     detector.model.eval()
     for batch in torch.utils.data.DataLoader(dataset, batch_size=cfg.train.eval_batch_size):

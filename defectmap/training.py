@@ -17,10 +17,10 @@ from defectmap import distributed
 from defectmap.averaging import WeightAverage
 from defectmap.checkpoint import atomic_write, save_checkpoint
 from defectmap.config import Config, config_to_dict, resolve_config
-from defectmap.data.dataset import AnomalyMixDataset, ImageDataset, load_foregrounds, synthetic_probe
+from defectmap.data.dataset import AnomalyMixDataset, load_foregrounds, synthetic_probe
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
-from defectmap.data.tiles import normal_dataset
+from defectmap.data.tiles import dataset_as_trained
 from defectmap.engine import build_model, calibrate_on_validation, resolve_device, scoring_set, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
@@ -66,7 +66,7 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
     elif warning := unreliable_rate_warning(len(category.val), cfg.train.false_reject_rate):
         warnings.warn(warning, stacklevel=3)  # now, not after training: it depends on the count alone
     train_set, val_set = (
-        normal_dataset(samples, data, cache=data.cache, progress=progress)
+        dataset_as_trained(samples, data, cache=data.cache, progress=progress)
         for samples in (category.train, category.val or category.train)
     )
     if data.tile:  # the windows test and predict will score, each an item (decoded as the tiles were cut)
@@ -145,7 +145,7 @@ def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, tra
     textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []
     anomalies = None
     if category.anomalies:
-        anomalies = ImageDataset(category.anomalies, data.image_size, cache=True, max_pixels=data.max_pixels)
+        anomalies = dataset_as_trained(category.anomalies, data, cache=True)  # with data.tile: their tiles
     foregrounds = load_foregrounds(data.foreground_dir, train_set) if data.foreground_dir else None
     train_mix = AnomalyMixDataset(train_set, mix, cfg.train.seed, textures, anomalies, foregrounds)
     # Checkpoints are chosen on validation normals with synthetic anomalies only: never on test images.
@@ -158,7 +158,6 @@ def _check_tiles(cfg: Config, category: CategoryData) -> None:
     if not cfg.data.tile:
         return
     refused = [
-        (category.anomalies, "real anomalies (data.anomalies) are not cut into tiles; set data.anomalies=0"),
         (cfg.data.foreground_dir, "foreground masks (data.foreground_dir) are not cut into tiles; leave it empty"),
         (cfg.postprocess.choose == "synthetic", "postprocess.choose=synthetic tries position normalisation, which "
                                                 "describes whole images; set postprocess.choose=manual"),
@@ -215,7 +214,9 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         distributed.broadcast_state(model)
     fit_set, val_loss_set = _training_sets(cfg, category, model, train_set, val_set)
     # With real anomalies, fit_set is an AnomalyMixDataset (models that do not take real anomalies refuse them).
-    unmarked = len(category.anomalies) - len(fit_set.real_indices) if category.anomalies else 0
+    unmarked = 0
+    if category.anomalies:  # real anomalies without a marked pixel (with data.tile: without a tile that holds one)
+        unmarked = len(category.anomalies) - len({fit_set.anomalies.source(i) for i in fit_set.real_indices})
     if unmarked and fit_set.mix.real_share > 0 and progress:  # with real_share 0 none is trained on anyway
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))

@@ -122,7 +122,7 @@ def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tm
 @pytest.mark.parametrize(
     "method,data,post,reason",
     [
-        ("prn", {"anomalies": 1}, {}, r"real anomalies \(data.anomalies\) are not cut into tiles"),
+        ("ae", {"foreground_dir": "fg"}, {}, r"foreground masks \(data.foreground_dir\) are not cut into tiles"),
         ("ae", {}, {"choose": "synthetic"}, "postprocess.choose=synthetic tries position normalisation"),
     ],
 )
@@ -132,3 +132,27 @@ def test_training_on_tiles_refuses_what_it_cannot_cut(method, data, post, reason
     with pytest.raises(ConfigError, match=f"training on tiles \\(data.tile=24\\): {reason}"):
         training.fit(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_tiles_of_a_real_anomaly_carry_their_window_of_its_mask(tmp_path):
+    image = write_image(tmp_path / "bad.png", np.random.default_rng(0).random((60, 90, 3)))
+    mask = np.zeros((60, 90), dtype=bool)
+    mask[5:15, 70:85] = True  # in the top-right window only
+    mask_path = write_image(tmp_path / "bad_mask.png", mask.astype(np.float32))
+    tiles = TileDataset([Sample(image, 1, mask_path=mask_path)], 20, 40, 10, cache=False)
+    boxes = tile_boxes(60, 90, 40, 10)
+    assert len(tiles) == len(boxes) and tiles.source(len(tiles) - 1) == 0
+    for k, (y0, y1, x0, x1) in enumerate(boxes):
+        item, window = tiles[k], mask[y0:y1, x0:x1]
+        expected = torch.nn.functional.interpolate(torch.from_numpy(window).float()[None, None], (20, 20))[0, 0]
+        torch.testing.assert_close(item["mask"], expected, rtol=0, atol=0)
+        assert int(item["label"]) == int(window.any())
+    assert 0 < sum(int(tiles[k]["label"]) for k in range(len(tiles))) < len(tiles)
+
+
+def test_prn_learns_from_the_tiles_of_its_real_anomalies(tiny_dataset, tmp_path):
+    cfg = _tiled_config("prn", tiny_dataset, anomalies=2)
+    detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
+    assert detector.info["training_anomalies"]["count"] == 2 and detector.calibration["tile"] == 24
+    report = engine.evaluate(detector, engine.test_split(detector), progress=False)
+    assert report["test_images"] == 7 - 2 and report["pixel_auroc"] is not None

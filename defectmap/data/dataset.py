@@ -51,6 +51,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def source(self, index: int) -> int:
+        """The sample an item comes from (itself; a `TileDataset` item: the image it is a tile of)."""
+        return index
+
     def _load(self, index: int) -> dict:
         sample = self.samples[index]
         if sample.image is None:
@@ -127,7 +131,7 @@ class AnomalyMixDataset(Dataset):
         self.real_indices = [i for i in range(len(anomalies or [])) if anomalies[i]["mask"].any()]
         if anomalies is not None and mix.real_share > 0 and not self.real_indices:
             raise DataError(
-                f"none of the {len(anomalies)} real anomalies marks a defect pixel in its mask; "
+                f"none of the {len(anomalies.samples)} real anomalies marks a defect pixel in its mask; "
                 "draw others (data.anomaly_seed) or set model.real_share=0"
             )
         self.fixed = fixed

@@ -8,25 +8,27 @@ than it learned; `TileDataset` gives training the very same windows, so the mode
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from defectmap.config import DataConfig
 from defectmap.data.dataset import ImageDataset
-from defectmap.data.images import image_from_memory, load_image
+from defectmap.data.images import image_from_memory, load_image, load_mask
 from defectmap.data.mvtec import Sample
-from defectmap.data.transforms import preprocess, tile_boxes
+from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.progress import bars_off
 
 
 class TileDataset(Dataset):
-    """Items in `ImageDataset`'s format (image, mask, label, index, size), one per tile of every normal image.
+    """Items in `ImageDataset`'s format (image, mask, label, index, size), one per tile of every image.
 
     Tiles are the windows scoring uses (`tile_boxes` with `tile_overlap`), each resized to `image_size`; `size` is
-    the window's own (H, W). Every image is decoded once here to learn its windows; with `cache` its tiles are kept
-    (one preprocessed tile weighs as much as one whole image of an untiled dataset), else each item decodes its
-    image again. For normal images: masks are all zero (labels are the images' own).
+    the window's own (H, W) and `mask` the window of the image's mask (zero without one: normal images), so the
+    tiles of a real anomaly that hold none of its defect are normal. Every image is decoded once here to learn its
+    windows; with `cache` its tiles are kept (one preprocessed tile weighs as much as one whole image of an untiled
+    dataset), else each item decodes its image again.
     """
 
     def __init__(
@@ -43,43 +45,54 @@ class TileDataset(Dataset):
         self.samples, self.image_size, self.max_pixels = samples, image_size, max_pixels
         self.tile, self.tile_overlap = tile, tile_overlap
         self.windows: list[tuple[int, tuple[int, int, int, int]]] = []  # (sample index, (y0, y1, x0, x1))
-        self._cache: list[torch.Tensor] | None = [] if cache else None
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cache else None
         for index in tqdm(range(len(samples)), desc="cutting images into tiles", disable=bars_off(progress),
                           leave=False):  # fmt: skip
-            image = self._image(index)
+            image, mask = self._load(index)
             boxes = tile_boxes(image.shape[0], image.shape[1], tile, tile_overlap)
             self.windows += [(index, box) for box in boxes]
             if self._cache is not None:
-                self._cache += [self._cut(image, box) for box in boxes]
+                self._cache += [self._cut(image, mask, box) for box in boxes]
 
-    def _image(self, index: int):
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         sample = self.samples[index]
         if sample.image is None:
-            return load_image(sample.path, self.max_pixels)
-        return image_from_memory(sample.image, self.max_pixels)
+            image = load_image(sample.path, self.max_pixels)
+        else:
+            image = image_from_memory(sample.image, self.max_pixels)
+        mask = load_mask(sample.mask_path, image.shape[:2], self.max_pixels) if sample.mask_path else None
+        return image, mask
 
-    def _cut(self, image, box: tuple[int, int, int, int]) -> torch.Tensor:
+    def _cut(self, image: np.ndarray, mask: np.ndarray | None, box) -> tuple[torch.Tensor, torch.Tensor]:
         y0, y1, x0, x1 = box
-        return preprocess(image[y0:y1, x0:x1], self.image_size)
+        if mask is None:
+            return preprocess(image[y0:y1, x0:x1], self.image_size), torch.zeros(self.image_size, self.image_size)
+        return preprocess(image[y0:y1, x0:x1], self.image_size), resize_mask(mask[y0:y1, x0:x1], self.image_size)
 
     def __len__(self) -> int:
         return len(self.windows)
 
+    def source(self, index: int) -> int:
+        """The sample (image) that item `index` is a tile of."""
+        return self.windows[index][0]
+
     def __getitem__(self, index: int) -> dict:
         sample_index, box = self.windows[index]
-        image = self._cache[index] if self._cache is not None else self._cut(self._image(sample_index), box)
+        sample = self.samples[sample_index]
+        image, mask = self._cache[index] if self._cache is not None else self._cut(*self._load(sample_index), box)
         y0, y1, x0, x1 = box
         return {
             "image": image,
-            "mask": torch.zeros(self.image_size, self.image_size),
-            "label": torch.tensor(self.samples[sample_index].label),
+            "mask": mask,
+            # a tile is defective where it holds defect pixels (without a mask: where its image is defective)
+            "label": torch.tensor(int(bool(mask.any())) if sample.mask_path else sample.label),
             "index": torch.tensor(index),
             "size": torch.tensor((y1 - y0, x1 - x0)),
         }
 
 
-def normal_dataset(samples: list[Sample], data: DataConfig, *, cache: bool, progress: bool = False) -> Dataset:
-    """Normal images to train, validate or probe on: whole images, or with `data.tile` their tiles."""
+def dataset_as_trained(samples: list[Sample], data: DataConfig, *, cache: bool, progress: bool = False) -> Dataset:
+    """Images as training sees them (to train, validate or probe on): whole, or with `data.tile` their tiles."""
     if data.tile:
         return TileDataset(samples, data.image_size, data.tile, data.tile_overlap, cache=cache,
                            max_pixels=data.max_pixels, progress=progress)  # fmt: skip
