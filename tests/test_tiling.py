@@ -4,12 +4,14 @@ tiles learns and calibrates on the windows that test and predict score."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from defectmap import engine, training
 from defectmap.checkpoint import load_checkpoint
 from defectmap.cli import main
 from defectmap.config import apply_overrides
 from defectmap.data.dataset import ImageDataset
+from defectmap.data.examples import write_synthetic_examples
 from defectmap.data.mvtec import Sample, open_category
 from defectmap.data.tiles import TileDataset
 from defectmap.data.transforms import tile_boxes
@@ -156,3 +158,17 @@ def test_prn_learns_from_the_tiles_of_its_real_anomalies(tiny_dataset, tmp_path)
     assert detector.info["training_anomalies"]["count"] == 2 and detector.calibration["tile"] == 24
     report = engine.evaluate(detector, engine.test_split(detector), progress=False)
     assert report["test_images"] == 7 - 2 and report["pixel_auroc"] is not None
+
+
+def test_synth_shows_the_tiles_training_cuts(tiny_dataset, tmp_path):
+    cfg = _tiled_config("prn", tiny_dataset)
+    paths = write_synthetic_examples(cfg.data, tmp_path / "synth", count=3, progress=False)
+    train = open_category(cfg.data).train
+    tiles = TileDataset(train, 32, 24, 8, cache=False)
+    step = len(tiles) // 3
+    for i, path in enumerate(paths):
+        panel = np.asarray(Image.open(path), dtype=np.float32) / 255
+        assert panel.shape == (32, 96, 3)  # normal | anomalous | mask, each a tile at the model input
+        expected = tiles[i * step]["image"].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(panel[:, :32], expected, atol=1 / 255)
+        assert path.name.endswith(f"_{train[tiles.source(i * step)].path.stem}.png")

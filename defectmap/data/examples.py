@@ -11,9 +11,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from defectmap.config import DataConfig
-from defectmap.data.dataset import AnomalyMixDataset, ImageDataset
+from defectmap.data.dataset import AnomalyMixDataset
 from defectmap.data.mvtec import open_category
 from defectmap.data.synthetic import SYNTHETIC_KINDS, AnomalyMix, load_textures
+from defectmap.data.tiles import dataset_as_trained
 from defectmap.errors import DataError
 from defectmap.progress import bars_off
 
@@ -37,24 +38,26 @@ def write_synthetic_examples(
     if count < 1:
         raise DataError(f"-n must be at least 1, got {count}")
     category = open_category(data)
-    normals = ImageDataset(category.train, data.image_size, max_pixels=data.max_pixels)
+    # With data.tile, the tiles training cuts (read once to learn them), spread over the training images.
+    normals = dataset_as_trained(category.train, data, cache=False)
     textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []
-    anomalies = ImageDataset(category.anomalies, data.image_size) if category.anomalies else None
+    anomalies = dataset_as_trained(category.anomalies, data, cache=True) if category.anomalies else None
+    step = max(1, len(normals) // count) if data.tile else 1
     mix = replace(mix or AnomalyMix(), normal_share=0.0, real_share=0.5 if anomalies else 0.0, synthetic_kinds=kinds)
     examples = AnomalyMixDataset(normals, mix, seed, textures, anomalies)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in tqdm(range(count), desc="synthesising", disable=bars_off(progress)):
-        index = i % len(normals)
-        examples.epoch = i // len(normals)
+        index = i * step % len(normals)
+        examples.epoch = i * step // len(normals)
         item = examples[index]
         mask = item["mask"]
         if "weight" in item:  # model.real_negatives=false: grey where the loss does not look
             mask = torch.where(item["weight"] > 0, mask, torch.full_like(mask, 0.5))
         mask = mask[None].expand(3, -1, -1)
         panel = torch.cat([normals[index]["image"], item["image"], mask], dim=2)
-        path = out / f"{i:03d}_{category.train[index].path.stem}.png"
+        path = out / f"{i:03d}_{category.train[normals.source(index)].path.stem}.png"
         _png(panel, path)
         paths.append(path)
     return paths
