@@ -10,6 +10,7 @@ from defectmap import engine, training
 from defectmap.checkpoint import load_checkpoint
 from defectmap.cli import main
 from defectmap.config import apply_overrides
+from defectmap.data import tiles as tiles_module
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.examples import write_synthetic_examples
 from defectmap.data.mvtec import Sample, open_category
@@ -172,3 +173,14 @@ def test_synth_shows_the_tiles_training_cuts(tiny_dataset, tmp_path):
         expected = tiles[i * step]["image"].permute(1, 2, 0).numpy()
         np.testing.assert_allclose(panel[:, :32], expected, atol=1 / 255)
         assert path.name.endswith(f"_{train[tiles.source(i * step)].path.stem}.png")
+
+
+def test_a_tile_cache_too_large_for_this_machine_is_flagged(monkeypatch, tmp_path, recwarn):
+    path = write_image(tmp_path / "big.png", np.random.default_rng(0).random((90, 150, 3)))
+    monkeypatch.setattr(tiles_module.os, "sysconf", lambda name: 1024 if name == "SC_PHYS_PAGES" else 4096)  # 4 MiB
+    with pytest.warns(UserWarning, match="keeping about 15 tiles in memory needs about 3 MiB of this machine's 4 MiB"):
+        TileDataset([Sample(path, 0)], 128, 40, 10)
+    recwarn.clear()
+    TileDataset([Sample(path, 0)], 128, 40, 10, cache=False)  # nothing kept, nothing to say
+    TileDataset([Sample(path, 0)], 8, 40, 10)  # 15 tiles of 8² fit in a quarter of 4 MiB
+    assert not [w for w in recwarn if "tiles in memory" in str(w.message)]

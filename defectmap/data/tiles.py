@@ -8,6 +8,9 @@ than it learned; `TileDataset` gives training the very same windows, so the mode
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -50,6 +53,8 @@ class TileDataset(Dataset):
                           leave=False):  # fmt: skip
             image, mask = self._load(index)
             boxes = tile_boxes(image.shape[0], image.shape[1], tile, tile_overlap)
+            if index == 0 and cache:
+                _warn_if_large(len(samples) * len(boxes), image_size)
             self.windows += [(index, box) for box in boxes]
             if self._cache is not None:
                 self._cache += [self._cut(image, mask, box) for box in boxes]
@@ -89,6 +94,23 @@ class TileDataset(Dataset):
             "index": torch.tensor(index),
             "size": torch.tensor((y1 - y0, x1 - x0)),
         }
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+
+
+def _warn_if_large(tiles: int, image_size: int) -> None:
+    """Kept tiles that would fill more than a quarter of this machine's memory (estimated from the first image)."""
+    need = tiles * 3 * image_size * image_size * 4  # float32 pixels (masks are small beside them)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    if total and need > total / 4:
+        warnings.warn(
+            f"keeping about {tiles} tiles in memory needs about {_mib(need)} of this machine's {_mib(total)}: "
+            "set data.cache=false (slower: each tile decodes its image), a larger "
+            "data.tile or a smaller data.image_size",
+            stacklevel=4,
+        )
 
 
 def dataset_as_trained(samples: list[Sample], data: DataConfig, *, cache: bool, progress: bool = False) -> Dataset:
