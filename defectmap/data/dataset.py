@@ -130,8 +130,9 @@ class AnomalyMixDataset(Dataset):
         # A defective image whose mask marks nothing (Magnetic Tile has a few) would train as a normal one.
         self.real_indices = [i for i in range(len(anomalies or [])) if anomalies[i]["mask"].any()]
         if anomalies is not None and mix.real_share > 0 and not self.real_indices:
+            images = len(getattr(anomalies, "samples", anomalies))  # a dataset's images (not its tiles), or items
             raise DataError(
-                f"none of the {len(anomalies.samples)} real anomalies marks a defect pixel in its mask; "
+                f"none of the {images} real anomalies marks a defect pixel in its mask; "
                 "draw others (data.anomaly_seed) or set model.real_share=0"
             )
         self.fixed = fixed
