@@ -153,7 +153,7 @@ def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, tra
     return train_mix, val_mix
 
 
-def _check_tiles(cfg: Config, category: CategoryData) -> None:
+def _check_tiles(cfg: Config) -> None:
     """What training on tiles (`data.tile`) cannot do yet, refused before anything is written."""
     if not cfg.data.tile:
         return
@@ -199,7 +199,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     category = open_category(cfg.data)
     if cfg.postprocess.choose == "synthetic" and not category.val:
         raise ConfigError("postprocess.choose=synthetic needs validation images: set data.val_fraction above 0")
-    _check_tiles(cfg, category)
+    _check_tiles(cfg)
     if getattr(cfg.model, "granularity", None) == "auto":  # DAAD's block size, chosen on synthetic anomalies
         cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)
