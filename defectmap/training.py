@@ -112,14 +112,16 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: Dataset, device
 
 @torch.no_grad()
 def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: Dataset, device, progress: bool = False) -> None:
-    """`postprocess.choose=synthetic`: of the four on/off combinations of normalisation and HEE, keep the one whose
+    """`postprocess.choose=synthetic`: of the four on/off combinations of normalisation and HEE (with data.tile: HEE
+    on or off, normalisation off), keep the one whose
     image AUROC on the validation normals with synthetic anomalies is best (ties: the fewer steps). The model's
     filter shares `cfg.postprocess`, so the checkpoint records the choice."""
     model.eval()
     probe = list(probe_batches(cfg, val_set, device))  # the same anomalies for every combination
     labels = torch.cat([batch_labels for _, batch_labels in probe]).numpy()
     aurocs = {}
-    for normalize, hee in ((False, False), (False, True), (True, False), (True, True)):
+    # Position normalisation describes whole images: with data.tile only HEE is tried.
+    for normalize, hee in ((False, False), (False, True), (True, False), (True, True))[: 2 if cfg.data.tile else 4]:
         model.error_filter.set_steps(normalize, hee)
         normals = (batch["image"].to(device) for batch in DataLoader(val_set, batch_size=cfg.train.eval_batch_size))
         model.calibrate(normals, probe)  # normalisation's statistics; DAAD+ also re-fits its score fusion
@@ -155,16 +157,11 @@ def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, tra
 
 def _check_tiles(cfg: Config) -> None:
     """What training on tiles (`data.tile`) cannot do yet, refused before anything is written."""
-    if not cfg.data.tile:
-        return
-    refused = [
-        (cfg.data.foreground_dir, "foreground masks (data.foreground_dir) are not cut into tiles; leave it empty"),
-        (cfg.postprocess.choose == "synthetic", "postprocess.choose=synthetic tries position normalisation, which "
-                                                "describes whole images; set postprocess.choose=manual"),
-    ]  # fmt: skip
-    for present, reason in refused:
-        if present:
-            raise ConfigError(f"training on tiles (data.tile={cfg.data.tile}): {reason}, or train on whole images")
+    if cfg.data.tile and cfg.data.foreground_dir:
+        raise ConfigError(
+            f"training on tiles (data.tile={cfg.data.tile}): foreground masks (data.foreground_dir) are not cut into "
+            "tiles; leave it empty, or train on whole images"
+        )
 
 
 def _mixed_precision(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:

@@ -122,19 +122,21 @@ def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tm
     assert "input 32² from 36-pixel tiles (overlap 32)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    "method,data,post,reason",
-    [
-        ("ae", {"foreground_dir": "fg"}, {}, r"foreground masks \(data.foreground_dir\) are not cut into tiles"),
-        ("ae", {}, {"choose": "synthetic"}, "postprocess.choose=synthetic tries position normalisation"),
-    ],
-)
-def test_training_on_tiles_refuses_what_it_cannot_cut(method, data, post, reason, tiny_dataset, tmp_path):
-    cfg = _tiled_config(method, tiny_dataset, **data)
-    apply_overrides(cfg, {"postprocess": post})
-    with pytest.raises(ConfigError, match=f"training on tiles \\(data.tile=24\\): {reason}"):
+def test_training_on_tiles_refuses_foreground_masks(tiny_dataset, tmp_path):
+    cfg = _tiled_config("prn", tiny_dataset, foreground_dir=str(tmp_path))
+    message = r"training on tiles \(data.tile=24\): foreground masks \(data.foreground_dir\) are not cut into tiles"
+    with pytest.raises(ConfigError, match=message):
         training.fit(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_choosing_the_map_filters_on_tiles_leaves_normalisation_out(tiny_dataset, tmp_path, capsys):
+    cfg = _tiled_config("ae", tiny_dataset)
+    apply_overrides(cfg, {"postprocess": {"choose": "synthetic"}})
+    detector = engine.load(training.fit(cfg, tmp_path / "run"), device="cpu")
+    out = capsys.readouterr().out
+    assert "normalize=False hee=False" in out and "normalize=False hee=True" in out and "normalize=True" not in out
+    assert detector.config.postprocess.normalize is False and detector.calibration["tile"] == 24
 
 
 def test_tiles_of_a_real_anomaly_carry_their_window_of_its_mask(tmp_path):
