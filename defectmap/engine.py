@@ -221,24 +221,23 @@ def _tiling(tile: int) -> str:
     return f"{tile}-pixel tiles" if tile else "whole images"
 
 
-def _detector_set(detector: Detector, samples: list[Sample], skip_errors: bool = False) -> ImageDataset:
-    """`scoring_set` for a detector; a warning when its threshold was set on other tiles (or on whole images)."""
+def tiling_mismatch(detector: Detector) -> str | None:
+    """What is wrong when a detector scores at another tiling than its threshold was set at (None: nothing)."""
     tile, calibrated = detector.config.data.tile, detector.calibration.get("tile", 0)  # older checkpoints: whole
-    if tile != calibrated:
-        warnings.warn(
-            f"the threshold was set on {_tiling(calibrated)} and these are scored as {_tiling(tile)}: the decisions "
-            f"(and good_rejected, defects_missed) do not hold for them; `defectmap threshold MODEL --tile {tile}` "
-            "sets one for these",
-            stacklevel=3,
-        )
-    return scoring_set(detector.config, samples, skip_errors)
+    if tile == calibrated:
+        return None
+    return (
+        f"the threshold was set on {_tiling(calibrated)} and these are scored as {_tiling(tile)}: the decisions "
+        f"(and good_rejected, defects_missed) do not hold for them; `defectmap threshold MODEL --tile {tile}` sets one "
+        "for these"
+    )
 
 
 def test_outputs(detector: Detector, category: CategoryData, *, progress: bool = True) -> dict:
     """Labels, scores, and (with ground truth) masks and maps at original size for the test split."""
     if not category.test:
         raise DataError(f"category {category.name} has no test images to evaluate")
-    dataset = _detector_set(detector, category.test)
+    dataset = scoring_set(detector.config, category.test)  # a tiling mismatch is among evaluate's notes
     outputs = {"labels": [], "scores": [], "masks": [], "maps": [], "seconds": 0.0}
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     start = time.perf_counter()
@@ -289,7 +288,7 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "calibration_images": detector.calibration.get("val_images"),
         "defects_missed": int(((scores_np <= threshold) & (labels_np == 1)).sum()),
         "inference_images_per_s": len(labels) / max(outputs["seconds"], 1e-9),
-        "notes": list(category.notes),
+        "notes": list(category.notes) + [note for note in [tiling_mismatch(detector)] if note],
         "model": dataclasses.asdict(detector.config.model),  # e.g. which backbone, and whether pretrained
         "image_size": detector.config.data.image_size,
         "postprocess": dataclasses.asdict(detector.config.postprocess),
@@ -339,7 +338,9 @@ def predict(detector: Detector, images, *, progress: bool = True) -> Iterator[di
     "error"} instead, and prediction goes on.
     """
     samples = _as_samples(images)
-    dataset = _detector_set(detector, samples, skip_errors=True)
+    if mismatch := tiling_mismatch(detector):
+        warnings.warn(mismatch, stacklevel=2)
+    dataset = scoring_set(detector.config, samples, skip_errors=True)
     cal = detector.calibration
     results = infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device)
     for result in tqdm(results, total=len(dataset), desc="predicting", disable=bars_off(progress)):

@@ -110,6 +110,8 @@ def test_training_on_tiles_sets_the_threshold_on_what_test_and_predict_score(tin
     detector.config.data.tile = 0  # the scale it was not calibrated for: the decisions are flagged
     with pytest.warns(UserWarning, match="threshold was set on 24-pixel tiles and these are scored as whole images"):
         list(engine.predict(detector, val, progress=False))
+    notes = engine.evaluate(detector, engine.test_split(detector), progress=False)["notes"]
+    assert [note for note in notes if note.startswith("the threshold was set on 24-pixel tiles")]
 
 
 def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tmp_path, capsys):
