@@ -20,32 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from defectmap.benchmark import run_one  # noqa: E402
-from defectmap.data.demo import DEFECTS, _save, add_defect, fabric  # noqa: E402
+from defectmap.data.demo import write_demo_dataset  # noqa: E402
 
 WINDOW = 96  # defects are painted at the scale of a window this large
-
-
-def write_large_fabric(root: Path, size: int, n_train: int, n_good: int, n_defect: int, seed: int = 0) -> Path:
-    """`root/large_fabric` in MVTec layout: fabric of `size` pixels, each defect as small as in a 96-pixel image."""
-    rng = np.random.default_rng(seed)
-    base = root / "large_fabric"
-    if (base / "test").is_dir():
-        return base
-    for i in range(n_train):
-        _save(fabric(rng, size), base / "train" / "good" / f"{i:03d}.png")
-    for i in range(n_good):
-        _save(fabric(rng, size), base / "test" / "good" / f"{i:03d}.png")
-    for kind in DEFECTS:
-        for i in range(n_defect):
-            image = fabric(rng, size)
-            y, x = rng.integers(0, size - WINDOW, 2)
-            window, small = add_defect(image[y : y + WINDOW, x : x + WINDOW], kind, rng)
-            image[y : y + WINDOW, x : x + WINDOW] = window
-            mask = np.zeros((size, size), dtype=np.float32)
-            mask[y : y + WINDOW, x : x + WINDOW] = small
-            _save(image, base / "test" / kind / f"{i:03d}.png")
-            _save(mask, base / "ground_truth" / kind / f"{i:03d}_mask.png")
-    return base
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--whole-epochs", type=int, default=60)
     parser.add_argument("--tile-epochs", type=int, default=6)
     args = parser.parse_args(argv)
-    write_large_fabric(args.out / "data", args.size, n_train=80, n_good=20, n_defect=10)
+    if not (args.out / "data" / "large_fabric" / "test").is_dir():
+        write_demo_dataset(args.out / "data", category="large_fabric", size=args.size, n_train=80, n_test_good=20,
+                           n_per_defect=10, defect_window=WINDOW)  # fmt: skip
     common = [f"data.image_size={args.input}", "train.patience=8"]
     variants = {
         "whole images": [*common, f"train.epochs={args.whole_epochs}"],

@@ -181,3 +181,10 @@ def test_a_missing_relative_root_says_which_folder_it_was_read_from(tmp_path, mo
         open_category(DataConfig(root="../no_data", category="tiny"))
     with pytest.raises(DataError, match="dataset root /no_data does not exist; expected MVTec"):
         open_category(DataConfig(root="/no_data", category="tiny"))
+
+
+def test_demo_defects_in_a_window_are_small_in_a_large_image(tmp_path):
+    base = write_demo_dataset(tmp_path, size=320, n_train=1, n_test_good=1, n_per_defect=2, defect_window=48)
+    for mask_path in sorted((base / "ground_truth").rglob("*_mask.png")):
+        ys, xs = np.nonzero(np.asarray(Image.open(mask_path)) > 127)
+        assert len(ys) and np.ptp(ys) < 48 and np.ptp(xs) < 48  # inside one 48-pixel window of a 320-pixel image

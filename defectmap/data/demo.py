@@ -64,6 +64,18 @@ def add_defect(image: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[
     return out, mask
 
 
+def _defective(image: np.ndarray, kind: str, rng: np.random.Generator, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """`add_defect` on the whole image, or on a random window x window part of it."""
+    if not window:
+        return add_defect(image, kind, rng)
+    y, x = rng.integers(0, image.shape[0] - window, 2)
+    part, small = add_defect(image[y : y + window, x : x + window], kind, rng)
+    image[y : y + window, x : x + window] = part
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[y : y + window, x : x + window] = small
+    return image, mask
+
+
 def _save(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
@@ -78,8 +90,12 @@ def write_demo_dataset(
     n_test_good: int = 30,
     n_per_defect: int = 15,
     seed: int = 0,
+    defect_window: int = 0,
 ) -> Path:
-    """Write `<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}` and return the category path."""
+    """Write `<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}` and return the category path.
+
+    `defect_window` > 0 paints each defect as it would be in an image of that size, inside a random window of it:
+    small defects in large images (bench/tiles.py)."""
     rng = np.random.default_rng(seed)
     base = Path(root) / category
     for i in range(n_train):
@@ -88,7 +104,7 @@ def write_demo_dataset(
         _save(fabric(rng, size), base / "test" / "good" / f"{i:03d}.png")
     for kind in DEFECTS:
         for i in range(n_per_defect):
-            image, mask = add_defect(fabric(rng, size), kind, rng)
+            image, mask = _defective(fabric(rng, size), kind, rng, defect_window)
             _save(image, base / "test" / kind / f"{i:03d}.png")
             _save(mask.astype(np.float32), base / "ground_truth" / kind / f"{i:03d}_mask.png")
     return base
