@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
@@ -21,6 +22,13 @@ from defectmap.data.synthetic import (
 )
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.errors import DataError
+
+
+def sample_image(sample: Sample, max_pixels: int) -> np.ndarray:
+    """A sample's pixels as `load_image` gives them: read from its file, or from memory (`predict` on arrays)."""
+    if sample.image is None:
+        return load_image(sample.path, max_pixels)
+    return image_from_memory(sample.image, max_pixels)
 
 
 class ImageDataset(Dataset):
@@ -57,10 +65,7 @@ class ImageDataset(Dataset):
 
     def _load(self, index: int) -> dict:
         sample = self.samples[index]
-        if sample.image is None:
-            image = load_image(sample.path, self.max_pixels)
-        else:
-            image = image_from_memory(sample.image, self.max_pixels)
+        image = sample_image(sample, self.max_pixels)
         size = image.shape[:2]
         if self.tile:  # tiles at the original resolution, each resized to the model input
             boxes = tile_boxes(size[0], size[1], self.tile, self.tile_overlap)

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from defectmap.config import DataConfig
-from defectmap.data.dataset import ImageDataset
-from defectmap.data.images import image_from_memory, load_image, load_mask
+from defectmap.data.dataset import ImageDataset, sample_image
+from defectmap.data.images import load_mask
 from defectmap.data.mvtec import Sample
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.progress import bars_off
@@ -61,18 +61,15 @@ class TileDataset(Dataset):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         sample = self.samples[index]
-        if sample.image is None:
-            image = load_image(sample.path, self.max_pixels)
-        else:
-            image = image_from_memory(sample.image, self.max_pixels)
+        image = sample_image(sample, self.max_pixels)
         mask = load_mask(sample.mask_path, image.shape[:2], self.max_pixels) if sample.mask_path else None
         return image, mask
 
     def _cut(self, image: np.ndarray, mask: np.ndarray | None, box) -> tuple[torch.Tensor, torch.Tensor]:
         y0, y1, x0, x1 = box
-        if mask is None:
-            return preprocess(image[y0:y1, x0:x1], self.image_size), torch.zeros(self.image_size, self.image_size)
-        return preprocess(image[y0:y1, x0:x1], self.image_size), resize_mask(mask[y0:y1, x0:x1], self.image_size)
+        size = self.image_size
+        window = torch.zeros(size, size) if mask is None else resize_mask(mask[y0:y1, x0:x1], size)
+        return preprocess(image[y0:y1, x0:x1], size), window
 
     def __len__(self) -> int:
         return len(self.windows)
