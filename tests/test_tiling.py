@@ -188,3 +188,16 @@ def test_a_tile_cache_too_large_for_this_machine_is_flagged(monkeypatch, tmp_pat
     TileDataset([Sample(path, 0)], 128, 40, 10, cache=False)  # nothing kept, nothing to say
     TileDataset([Sample(path, 0)], 8, 40, 10)  # 15 tiles of 8² fit in a quarter of 4 MiB
     assert not [w for w in recwarn if "tiles in memory" in str(w.message)]
+
+
+def test_tiles_read_in_order_decode_each_image_once(monkeypatch, tmp_path):
+    paths = [write_image(tmp_path / f"{i}.png", np.random.default_rng(i).random((90, 150, 3))) for i in range(2)]
+    calls = []
+    real = tiles_module.sample_image
+    monkeypatch.setattr(tiles_module, "sample_image", lambda sample, limit: calls.append(sample) or real(sample, limit))
+    tiles = TileDataset([Sample(path, 0) for path in paths], 20, 40, 10, cache=False)
+    calls.clear()
+    [tiles[k] for k in range(len(tiles))]
+    assert len(calls) == 2  # in order: once per image (shuffled training order decodes per item)
+    tiles[0]
+    assert len(calls) == 3

@@ -31,7 +31,8 @@ class TileDataset(Dataset):
     the window's own (H, W) and `mask` the window of the image's mask (zero without one: normal images), so the
     tiles of a real anomaly that hold none of its defect are normal. Every image is decoded once here to learn its
     windows; with `cache` its tiles are kept (one preprocessed tile weighs as much as one whole image of an untiled
-    dataset), else each item decodes its image again.
+    dataset), else each item decodes its image again, unless the item before it was a tile of the same image (the
+    in-order passes of validation, calibration and the granularity study decode each image once).
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class TileDataset(Dataset):
         self.tile, self.tile_overlap = tile, tile_overlap
         self.windows: list[tuple[int, tuple[int, int, int, int]]] = []  # (sample index, (y0, y1, x0, x1))
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cache else None
+        self._last: tuple[int, tuple[np.ndarray, np.ndarray | None]] | None = None
         for index in tqdm(range(len(samples)), desc="cutting images into tiles", disable=bars_off(progress),
                           leave=False):  # fmt: skip
             image, mask = self._load(index)
@@ -58,11 +60,17 @@ class TileDataset(Dataset):
             self.windows += [(index, box) for box in boxes]
             if self._cache is not None:
                 self._cache += [self._cut(image, mask, box) for box in boxes]
+        if self._cache is not None:
+            self._last = None  # every tile is kept: the image itself is not needed again
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """An image and its mask, the last one read kept: tiles read in order decode each image once."""
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
         sample = self.samples[index]
         image = sample_image(sample, self.max_pixels)
         mask = load_mask(sample.mask_path, image.shape[:2], self.max_pixels) if sample.mask_path else None
+        self._last = (index, (image, mask))
         return image, mask
 
     def _cut(self, image: np.ndarray, mask: np.ndarray | None, box) -> tuple[torch.Tensor, torch.Tensor]:
