@@ -46,7 +46,7 @@ class DataConfig:
     unseen_parts: float = 0.0
     train_images: int = 0  # train on this many of the good training images, drawn with split_seed (0: all of them)
     texture_dir: str = ""  # textures for synthetic anomalies (e.g. DTD); empty: built-in procedural textures
-    foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name); empty: Otsu
+    foreground_dir: str = ""  # masks of where defects may be pasted on normal images (by name, tiled too); empty: Otsu
     # `folder` format: a folder of good images, optionally defective images and their masks
     good_dir: str = ""  # good images to train on (empty: a --data folder that holds images itself)
     test_good_dir: str = ""  # good test images, searched recursively (optional)

@@ -17,10 +17,10 @@ from defectmap import distributed
 from defectmap.averaging import WeightAverage
 from defectmap.checkpoint import atomic_write, save_checkpoint
 from defectmap.config import Config, config_to_dict, resolve_config
-from defectmap.data.dataset import AnomalyMixDataset, load_foregrounds, synthetic_probe
+from defectmap.data.dataset import AnomalyMixDataset, synthetic_probe
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
-from defectmap.data.tiles import dataset_as_trained
+from defectmap.data.tiles import dataset_as_trained, foregrounds_as_trained
 from defectmap.engine import build_model, calibrate_on_validation, resolve_device, scoring_set, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
@@ -148,20 +148,11 @@ def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, tra
     anomalies = None
     if category.anomalies:
         anomalies = dataset_as_trained(category.anomalies, data, cache=True)  # with data.tile: their tiles
-    foregrounds = load_foregrounds(data.foreground_dir, train_set) if data.foreground_dir else None
+    foregrounds = foregrounds_as_trained(data.foreground_dir, train_set) if data.foreground_dir else None
     train_mix = AnomalyMixDataset(train_set, mix, cfg.train.seed, textures, anomalies, foregrounds)
     # Checkpoints are chosen on validation normals with synthetic anomalies only: never on test images.
     val_mix = AnomalyMixDataset(val_set, replace(mix, real_share=0.0), cfg.train.seed + 1, textures, fixed=True)
     return train_mix, val_mix
-
-
-def _check_tiles(cfg: Config) -> None:
-    """What training on tiles (`data.tile`) cannot do yet, refused before anything is written."""
-    if cfg.data.tile and cfg.data.foreground_dir:
-        raise ConfigError(
-            f"training on tiles (data.tile={cfg.data.tile}): foreground masks (data.foreground_dir) are not cut into "
-            "tiles; leave it empty, or train on whole images"
-        )
 
 
 def _mixed_precision(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -196,7 +187,6 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     category = open_category(cfg.data)
     if cfg.postprocess.choose == "synthetic" and not category.val:
         raise ConfigError("postprocess.choose=synthetic needs validation images: set data.val_fraction above 0")
-    _check_tiles(cfg)
     if getattr(cfg.model, "granularity", None) == "auto":  # DAAD's block size, chosen on synthetic anomalies
         cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)

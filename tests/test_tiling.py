@@ -1,6 +1,8 @@
 """Tiling: windows cover the image, an image of tile size reproduces the untiled map, stitching is exact; training on
 tiles learns and calibrates on the windows that test and predict score."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -14,9 +16,9 @@ from defectmap.data import tiles as tiles_module
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.examples import write_synthetic_examples
 from defectmap.data.mvtec import Sample, open_category
-from defectmap.data.tiles import TileDataset
-from defectmap.data.transforms import tile_boxes
-from defectmap.errors import ConfigError
+from defectmap.data.tiles import TileDataset, foregrounds_as_trained
+from defectmap.data.transforms import resize_mask, tile_boxes
+from defectmap.errors import ConfigError, DataError
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.threshold import threshold_at_false_reject
 from tests.conftest import tiny_config, write_image
@@ -124,12 +126,31 @@ def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tm
     assert "input 32² from 36-pixel tiles (overlap 32)" in capsys.readouterr().out
 
 
-def test_training_on_tiles_refuses_foreground_masks(tiny_dataset, tmp_path):
-    cfg = _tiled_config("prn", tiny_dataset, foreground_dir=str(tmp_path))
-    message = r"training on tiles \(data.tile=24\): foreground masks \(data.foreground_dir\) are not cut into tiles"
-    with pytest.raises(ConfigError, match=message):
-        training.fit(cfg, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()
+def _foregrounds(root, folder):
+    """A foreground mask per training image of `tiny`: its centre square (in every tile of 24 with overlap 8)."""
+    for path in sorted((root / "tiny" / "train" / "good").glob("*.png")):
+        mask = np.zeros((40, 40), dtype=np.float32)
+        mask[14:26, 12:28] = 1
+        write_image(folder / path.name, mask)
+    return folder
+
+
+def test_foreground_masks_are_cut_into_the_tiles_training_sees(tiny_dataset, tmp_path):
+    folder = _foregrounds(tiny_dataset, tmp_path / "fg")
+    train = open_category(tiny_config("ae", tiny_dataset).data).train
+    tiles = TileDataset(train, 32, 24, 8, cache=False)
+    masks = foregrounds_as_trained(str(folder), tiles)
+    assert len(masks) == len(tiles) == 4 * len(train) and all(mask.dtype == torch.bool for mask in masks)
+    full = np.zeros((40, 40), dtype=bool)
+    full[14:26, 12:28] = True
+    for index, (_, (y0, y1, x0, x1)) in enumerate(tiles.windows):
+        assert torch.equal(masks[index], resize_mask(full[y0:y1, x0:x1], 32).bool())
+    assert masks[0][-1, -1] and not masks[0][0, 0] and masks[3][0, 0] and not masks[3][-1, -1]  # each its own window
+    whole = foregrounds_as_trained(str(folder), ImageDataset(train, 32))
+    assert len(whole) == len(train) and torch.equal(whole[0].bool(), resize_mask(full, 32).bool())
+    (folder / train[1].path.name).unlink()
+    with pytest.raises(DataError, match=f"no foreground mask for {train[1].path.name} in "):
+        foregrounds_as_trained(str(folder), tiles)
 
 
 def test_choosing_the_map_filters_on_tiles_leaves_normalisation_out(tiny_dataset, tmp_path, capsys):
@@ -158,7 +179,8 @@ def test_tiles_of_a_real_anomaly_carry_their_window_of_its_mask(tmp_path):
 
 
 def test_prn_learns_from_the_tiles_of_its_real_anomalies(tiny_dataset, tmp_path):
-    cfg = _tiled_config("prn", tiny_dataset, anomalies=2)
+    foregrounds = str(_foregrounds(tiny_dataset, tmp_path / "fg"))  # extended anomalies land on their tiles' windows
+    cfg = _tiled_config("prn", tiny_dataset, anomalies=2, foreground_dir=foregrounds)
     detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
     assert detector.info["training_anomalies"]["count"] == 2 and detector.calibration["tile"] == 24
     report = engine.evaluate(detector, engine.test_split(detector), progress=False)
@@ -177,6 +199,11 @@ def test_synth_shows_the_tiles_training_cuts(tiny_dataset, tmp_path):
         expected = tiles[i * step]["image"].permute(1, 2, 0).numpy()
         np.testing.assert_allclose(panel[:, :32], expected, atol=1 / 255)
         assert path.name.endswith(f"_{train[tiles.source(i * step)].path.stem}.png")
+    # With real anomalies, the extended ones land on the foreground masks (data.foreground_dir) cut as the tiles are.
+    folder = _foregrounds(tiny_dataset, tmp_path / "fg")
+    (folder / train[1].path.name).unlink()
+    with pytest.raises(DataError, match=f"no foreground mask for {train[1].path.name} in "):
+        write_synthetic_examples(replace(cfg.data, anomalies=1, foreground_dir=str(folder)), tmp_path / "s2", count=1)
 
 
 def test_a_tile_cache_too_large_for_this_machine_is_flagged(monkeypatch, tmp_path, recwarn):

@@ -186,13 +186,19 @@ def synthetic_probe(normals: ImageDataset, texture_dir: str, seed: int) -> Conca
     return ConcatDataset([normals, anomalous])
 
 
+def foreground_path(folder: str, sample: Sample) -> Path:
+    """The foreground mask (`data.foreground_dir`) of a normal image, paired by name."""
+    path = find_mask(Path(folder), sample.path.stem)
+    if path is None:
+        raise DataError(f"no foreground mask for {sample.path.name} in {folder}: expected {sample.path.stem}.png")
+    return path
+
+
 def load_foregrounds(folder: str, normals: ImageDataset) -> list[torch.Tensor]:
     """Foreground masks (where defects may be pasted) for every normal image, paired by name from `folder`."""
     masks = []
     for sample in normals.samples:
-        path = find_mask(Path(folder), sample.path.stem)
-        if path is None:
-            raise DataError(f"no foreground mask for {sample.path.name} in {folder}: expected {sample.path.stem}.png")
         size = normals[len(masks)]["size"].tolist()
-        masks.append(resize_mask(load_mask(path, tuple(size), normals.max_pixels), normals.image_size))
+        mask = load_mask(foreground_path(folder, sample), tuple(size), normals.max_pixels)
+        masks.append(resize_mask(mask, normals.image_size))
     return masks

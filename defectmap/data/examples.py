@@ -14,7 +14,7 @@ from defectmap.config import DataConfig
 from defectmap.data.dataset import AnomalyMixDataset
 from defectmap.data.mvtec import open_category
 from defectmap.data.synthetic import SYNTHETIC_KINDS, AnomalyMix, load_textures
-from defectmap.data.tiles import dataset_as_trained
+from defectmap.data.tiles import dataset_as_trained, foregrounds_as_trained
 from defectmap.errors import DataError
 from defectmap.progress import bars_off
 
@@ -44,7 +44,8 @@ def write_synthetic_examples(
     anomalies = dataset_as_trained(category.anomalies, data, cache=True) if category.anomalies else None
     step = max(1, len(normals) // count) if data.tile else 1
     mix = replace(mix or AnomalyMix(), normal_share=0.0, real_share=0.5 if anomalies else 0.0, synthetic_kinds=kinds)
-    examples = AnomalyMixDataset(normals, mix, seed, textures, anomalies)
+    foregrounds = foregrounds_as_trained(data.foreground_dir, normals) if anomalies and data.foreground_dir else None
+    examples = AnomalyMixDataset(normals, mix, seed, textures, anomalies, foregrounds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from defectmap.config import DataConfig
-from defectmap.data.dataset import ImageDataset, sample_image
+from defectmap.data.dataset import ImageDataset, foreground_path, load_foregrounds, sample_image
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import Sample
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
@@ -49,11 +49,13 @@ class TileDataset(Dataset):
         self.samples, self.image_size, self.max_pixels = samples, image_size, max_pixels
         self.tile, self.tile_overlap = tile, tile_overlap
         self.windows: list[tuple[int, tuple[int, int, int, int]]] = []  # (sample index, (y0, y1, x0, x1))
+        self.shapes: list[tuple[int, int]] = []  # every image's (H, W)
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cache else None
         self._last: tuple[int, tuple[np.ndarray, np.ndarray | None]] | None = None
         for index in tqdm(range(len(samples)), desc="cutting images into tiles", disable=bars_off(progress),
                           leave=False):  # fmt: skip
             image, mask = self._load(index)
+            self.shapes.append(image.shape[:2])
             boxes = tile_boxes(image.shape[0], image.shape[1], tile, tile_overlap)
             if index == 0 and cache:
                 _warn_if_large(len(samples) * len(boxes), image_size)
@@ -124,3 +126,18 @@ def dataset_as_trained(samples: list[Sample], data: DataConfig, *, cache: bool, 
         return TileDataset(samples, data.image_size, data.tile, data.tile_overlap, cache=cache,
                            max_pixels=data.max_pixels, progress=progress)  # fmt: skip
     return ImageDataset(samples, data.image_size, cache=cache, max_pixels=data.max_pixels)
+
+
+def foregrounds_as_trained(folder: str, normals: Dataset) -> list[torch.Tensor]:
+    """Foreground masks (`data.foreground_dir`, paired by name) for every item of `normals`, as training sees it:
+    whole, or for a `TileDataset` each tile's window of its image's mask (a tile of background gets an empty one,
+    and a defect pasted onto it may then land anywhere in it, as on a whole image without foreground)."""
+    if not isinstance(normals, TileDataset):
+        return load_foregrounds(folder, normals)
+    masks, image = [], (-1, None)
+    for index, (y0, y1, x0, x1) in normals.windows:
+        if image[0] != index:  # tiles come image by image: each mask is read once
+            path = foreground_path(folder, normals.samples[index])
+            image = (index, load_mask(path, normals.shapes[index], normals.max_pixels))
+        masks.append(resize_mask(image[1][y0:y1, x0:x1], normals.image_size).bool())  # a byte a pixel: many tiles
+    return masks
