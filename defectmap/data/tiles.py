@@ -134,10 +134,10 @@ def foregrounds_as_trained(folder: str, normals: Dataset) -> list[torch.Tensor]:
     and a defect pasted onto it may then land anywhere in it, as on a whole image without foreground)."""
     if not isinstance(normals, TileDataset):
         return load_foregrounds(folder, normals)
-    masks, image = [], (-1, None)
+    masks, whole = [], (-1, None)  # (sample index, its mask at the image's size)
     for index, (y0, y1, x0, x1) in normals.windows:
-        if image[0] != index:  # tiles come image by image: each mask is read once
+        if whole[0] != index:  # tiles come image by image: each mask is read once
             path = foreground_path(folder, normals.samples[index])
-            image = (index, load_mask(path, normals.shapes[index], normals.max_pixels))
-        masks.append(resize_mask(image[1][y0:y1, x0:x1], normals.image_size).bool())  # a byte a pixel: many tiles
+            whole = (index, load_mask(path, normals.shapes[index], normals.max_pixels))
+        masks.append(resize_mask(whole[1][y0:y1, x0:x1], normals.image_size).bool())  # a byte a pixel: many tiles
     return masks
