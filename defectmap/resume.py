@@ -34,10 +34,26 @@ class TrainState:
     average: dict[str, torch.Tensor] | None = None  # train.ema_decay: the averaged weights
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled image order of one epoch, a pure function of (seed, epoch)."""
+def epoch_order(n: int, seed: int, epoch: int, images: list[int] | None = None, pool: int = 1) -> list[int]:
+    """The shuffled item order of one epoch, a pure function of (seed, epoch).
+
+    With `images` (each item's image: tiles decoded from their files), the images are shuffled and then the items
+    of every `pool` consecutive images among themselves, so that a dataset keeping its last `pool` decoded images
+    decodes each image once an epoch while a batch still mixes tiles of several images.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+    if images is None:
+        return torch.randperm(n, generator=generator).tolist()
+    items: dict[int, list[int]] = {}
+    for item, image in enumerate(images):
+        items.setdefault(image, []).append(item)
+    keys = list(items)
+    shuffled = [keys[i] for i in torch.randperm(len(keys), generator=generator).tolist()]
+    order = []
+    for start in range(0, len(shuffled), pool):
+        pooled = [item for image in shuffled[start : start + pool] for item in items[image]]
+        order += [pooled[i] for i in torch.randperm(len(pooled), generator=generator).tolist()]
+    return order
 
 
 def save_training_state(path: Path, cfg: Config, model: torch.nn.Module, optimizers: dict, state: TrainState) -> None:

@@ -19,6 +19,7 @@ from defectmap.data.mvtec import Sample, open_category
 from defectmap.data.tiles import TileDataset, foregrounds_as_trained
 from defectmap.data.transforms import resize_mask, tile_boxes
 from defectmap.errors import ConfigError, DataError
+from defectmap.resume import epoch_order
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.threshold import threshold_at_false_reject
 from tests.conftest import tiny_config, write_image
@@ -217,14 +218,40 @@ def test_a_tile_cache_too_large_for_this_machine_is_flagged(monkeypatch, tmp_pat
     assert not [w for w in recwarn if "tiles in memory" in str(w.message)]
 
 
-def test_tiles_read_in_order_decode_each_image_once(monkeypatch, tmp_path):
-    paths = [write_image(tmp_path / f"{i}.png", np.random.default_rng(i).random((90, 150, 3))) for i in range(2)]
+def test_tiles_read_in_order_or_in_training_order_decode_each_image_once(monkeypatch, tmp_path):
+    count = 3 * TileDataset.POOL  # more images than the dataset keeps decoded
+    paths = [write_image(tmp_path / f"{i}.png", np.random.default_rng(i).random((50, 70, 3))) for i in range(count)]
     calls = []
     real = tiles_module.sample_image
     monkeypatch.setattr(tiles_module, "sample_image", lambda sample, limit: calls.append(sample) or real(sample, limit))
-    tiles = TileDataset([Sample(path, 0) for path in paths], 20, 40, 10, cache=False)
-    calls.clear()
-    [tiles[k] for k in range(len(tiles))]
-    assert len(calls) == 2  # in order: once per image (shuffled training order decodes per item)
-    tiles[0]
-    assert len(calls) == 3
+    tiles = TileDataset([Sample(path, 0) for path in paths], 8, 30, 10, cache=False)
+    assert len(tiles) == 6 * count
+
+    def decodes(order):  # from nothing kept
+        tiles._decoded.clear()
+        calls.clear()
+        [tiles[k] for k in order]
+        return len(calls)
+
+    assert decodes(range(len(tiles))) == count  # validation, calibration: in order
+    orders = [tiles.epoch_order(seed=3, epoch=epoch) for epoch in (0, 1)]
+    for order in orders:
+        assert sorted(order) == list(range(len(tiles))) and decodes(order) == count  # training: image by image
+        assert len({tiles.source(k) for k in order[:8]}) > 2  # while a batch still mixes images
+    assert orders[0] != orders[1] and orders[0] == tiles.epoch_order(seed=3, epoch=0)
+    assert decodes(epoch_order(len(tiles), 3, 0)) > 2 * count  # a plain shuffle decodes for almost every tile
+    cached = TileDataset([Sample(path, 0) for path in paths], 8, 30, 10)
+    assert cached.epoch_order(3, 0) == epoch_order(len(cached), 3, 0)  # kept tiles: the usual shuffle
+
+
+def test_training_on_tiles_without_the_cache_follows_their_epoch_order(tiny_dataset, tmp_path, monkeypatch):
+    calls = []
+    real = TileDataset.epoch_order
+    monkeypatch.setattr(
+        TileDataset, "epoch_order", lambda self, s, e: calls.append((len(self), s, e)) or real(self, s, e)
+    )
+    cfg = _tiled_config("ae", tiny_dataset, cache=False)
+    apply_overrides(cfg, {"train": {"epochs": 2, "seed": 5}})
+    training.fit(cfg, tmp_path / "run", progress=False)
+    tiles = 4 * len(open_category(cfg.data).train)
+    assert calls == [(tiles, 5, 0), (tiles, 5, 1)]

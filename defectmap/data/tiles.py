@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from defectmap.data.images import load_mask
 from defectmap.data.mvtec import Sample
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.progress import bars_off
+from defectmap.resume import epoch_order
 
 
 class TileDataset(Dataset):
@@ -31,9 +33,11 @@ class TileDataset(Dataset):
     the window's own (H, W) and `mask` the window of the image's mask (zero without one: normal images), so the
     tiles of a real anomaly that hold none of its defect are normal. Every image is decoded once here to learn its
     windows; with `cache` its tiles are kept (one preprocessed tile weighs as much as one whole image of an untiled
-    dataset), else each item decodes its image again, unless the item before it was a tile of the same image (the
-    in-order passes of validation, calibration and the granularity study decode each image once).
+    dataset), else the last `POOL` decoded images are: the in-order passes (validation, calibration, the
+    granularity study) and training's `epoch_order` decode each image once.
     """
+
+    POOL = 8  # decoded images kept without the cache; training shuffles the tiles of this many images together
 
     def __init__(
         self,
@@ -51,7 +55,7 @@ class TileDataset(Dataset):
         self.windows: list[tuple[int, tuple[int, int, int, int]]] = []  # (sample index, (y0, y1, x0, x1))
         self.shapes: list[tuple[int, int]] = []  # every image's (H, W)
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cache else None
-        self._last: tuple[int, tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._decoded: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()  # the last POOL
         for index in tqdm(range(len(samples)), desc="cutting images into tiles", disable=bars_off(progress),
                           leave=False):  # fmt: skip
             image, mask = self._load(index)
@@ -63,16 +67,19 @@ class TileDataset(Dataset):
             if self._cache is not None:
                 self._cache += [self._cut(image, mask, box) for box in boxes]
         if self._cache is not None:
-            self._last = None  # every tile is kept: the image itself is not needed again
+            self._decoded.clear()  # every tile is kept: the images themselves are not needed again
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """An image and its mask, the last one read kept: tiles read in order decode each image once."""
-        if self._last is not None and self._last[0] == index:
-            return self._last[1]
+        """An image and its mask; the last `POOL` read are kept."""
+        if index in self._decoded:
+            self._decoded.move_to_end(index)
+            return self._decoded[index]
         sample = self.samples[index]
         image = sample_image(sample, self.max_pixels)
         mask = load_mask(sample.mask_path, image.shape[:2], self.max_pixels) if sample.mask_path else None
-        self._last = (index, (image, mask))
+        self._decoded[index] = image, mask
+        if len(self._decoded) > self.POOL:
+            self._decoded.popitem(last=False)
         return image, mask
 
     def _cut(self, image: np.ndarray, mask: np.ndarray | None, box) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +94,13 @@ class TileDataset(Dataset):
     def source(self, index: int) -> int:
         """The sample (image) that item `index` is a tile of."""
         return self.windows[index][0]
+
+    def epoch_order(self, seed: int, epoch: int) -> list[int]:
+        """Training's item order: shuffled as any dataset's, or without the cache shuffled by pools of `POOL`
+        images, so that an epoch decodes each image once rather than once for every tile of it."""
+        if self._cache is not None:
+            return epoch_order(len(self), seed, epoch)
+        return epoch_order(len(self), seed, epoch, [image for image, _ in self.windows], self.POOL)
 
     def __getitem__(self, index: int) -> dict:
         sample_index, box = self.windows[index]
@@ -114,7 +128,7 @@ def _warn_if_large(tiles: int, image_size: int) -> None:
     if total and need > total / 4:
         warnings.warn(
             f"keeping about {tiles} tiles in memory needs about {_mib(need)} of this machine's {_mib(total)}: "
-            "set data.cache=false (slower: each tile decodes its image), a larger "
+            "set data.cache=false (slower: every epoch decodes each image again), a larger "
             "data.tile or a smaller data.image_size",
             stacklevel=4,
         )
