@@ -219,7 +219,7 @@ def test_a_tile_cache_too_large_for_this_machine_is_flagged(monkeypatch, tmp_pat
 
 
 def test_tiles_read_in_order_or_in_training_order_decode_each_image_once(monkeypatch, tmp_path):
-    count = 3 * TileDataset.POOL  # more images than the dataset keeps decoded
+    count = 3 * TileDataset.POOL  # more images than are kept decoded
     paths = [write_image(tmp_path / f"{i}.png", np.random.default_rng(i).random((50, 70, 3))) for i in range(count)]
     calls = []
     real = tiles_module.sample_image
@@ -227,10 +227,10 @@ def test_tiles_read_in_order_or_in_training_order_decode_each_image_once(monkeyp
     tiles = TileDataset([Sample(path, 0) for path in paths], 8, 30, 10, cache=False)
     assert len(tiles) == 6 * count
 
-    def decodes(order):  # from nothing kept
-        tiles._decoded.clear()
+    def decodes(order, dataset=tiles):  # from nothing kept
+        dataset._decoded.clear()
         calls.clear()
-        [tiles[k] for k in order]
+        [dataset[k] for k in order]
         return len(calls)
 
     assert decodes(range(len(tiles))) == count  # validation, calibration: in order
@@ -242,6 +242,10 @@ def test_tiles_read_in_order_or_in_training_order_decode_each_image_once(monkeyp
     assert decodes(epoch_order(len(tiles), 3, 0)) > 2 * count  # a plain shuffle decodes for almost every tile
     cached = TileDataset([Sample(path, 0) for path in paths], 8, 30, 10)
     assert cached.epoch_order(3, 0) == epoch_order(len(cached), 3, 0)  # kept tiles: the usual shuffle
+    monkeypatch.setattr(tiles_module.os, "sysconf", lambda name: 512 if name == "SC_PHYS_PAGES" else 4096)  # 2 MiB
+    small = TileDataset([Sample(path, 0) for path in paths], 8, 30, 10, cache=False)
+    assert small.pool == 3  # a 16th of the memory holds three decoded 50x70 images (float32)
+    assert decodes(small.epoch_order(3, 0), small) == count
 
 
 def test_training_on_tiles_without_the_cache_follows_their_epoch_order(tiny_dataset, tmp_path, monkeypatch):

@@ -33,11 +33,11 @@ class TileDataset(Dataset):
     the window's own (H, W) and `mask` the window of the image's mask (zero without one: normal images), so the
     tiles of a real anomaly that hold none of its defect are normal. Every image is decoded once here to learn its
     windows; with `cache` its tiles are kept (one preprocessed tile weighs as much as one whole image of an untiled
-    dataset), else the last `POOL` decoded images are: the in-order passes (validation, calibration, the
+    dataset), else the last `pool` decoded images are: the in-order passes (validation, calibration, the
     granularity study) and training's `epoch_order` decode each image once.
     """
 
-    POOL = 8  # decoded images kept without the cache; training shuffles the tiles of this many images together
+    POOL = 8  # decoded images kept without the cache (fewer if they would fill a 16th of the machine's memory)
 
     def __init__(
         self,
@@ -55,7 +55,8 @@ class TileDataset(Dataset):
         self.windows: list[tuple[int, tuple[int, int, int, int]]] = []  # (sample index, (y0, y1, x0, x1))
         self.shapes: list[tuple[int, int]] = []  # every image's (H, W)
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cache else None
-        self._decoded: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()  # the last POOL
+        self._decoded: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()  # the last `pool`
+        self.pool = self.POOL  # training shuffles the tiles of this many images together
         for index in tqdm(range(len(samples)), desc="cutting images into tiles", disable=bars_off(progress),
                           leave=False):  # fmt: skip
             image, mask = self._load(index)
@@ -63,6 +64,8 @@ class TileDataset(Dataset):
             boxes = tile_boxes(image.shape[0], image.shape[1], tile, tile_overlap)
             if index == 0 and cache:
                 _warn_if_large(len(samples) * len(boxes), image_size)
+            elif index == 0 and _memory():
+                self.pool = max(1, min(self.POOL, _memory() // 16 // image.nbytes))
             self.windows += [(index, box) for box in boxes]
             if self._cache is not None:
                 self._cache += [self._cut(image, mask, box) for box in boxes]
@@ -70,7 +73,7 @@ class TileDataset(Dataset):
             self._decoded.clear()  # every tile is kept: the images themselves are not needed again
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """An image and its mask; the last `POOL` read are kept."""
+        """An image and its mask; the last `pool` read are kept."""
         if index in self._decoded:
             self._decoded.move_to_end(index)
             return self._decoded[index]
@@ -78,7 +81,7 @@ class TileDataset(Dataset):
         image = sample_image(sample, self.max_pixels)
         mask = load_mask(sample.mask_path, image.shape[:2], self.max_pixels) if sample.mask_path else None
         self._decoded[index] = image, mask
-        if len(self._decoded) > self.POOL:
+        if len(self._decoded) > self.pool:
             self._decoded.popitem(last=False)
         return image, mask
 
@@ -96,11 +99,11 @@ class TileDataset(Dataset):
         return self.windows[index][0]
 
     def epoch_order(self, seed: int, epoch: int) -> list[int]:
-        """Training's item order: shuffled as any dataset's, or without the cache shuffled by pools of `POOL`
+        """Training's item order: shuffled as any dataset's, or without the cache shuffled by pools of `pool`
         images, so that an epoch decodes each image once rather than once for every tile of it."""
         if self._cache is not None:
             return epoch_order(len(self), seed, epoch)
-        return epoch_order(len(self), seed, epoch, [image for image, _ in self.windows], self.POOL)
+        return epoch_order(len(self), seed, epoch, [image for image, _ in self.windows], self.pool)
 
     def __getitem__(self, index: int) -> dict:
         sample_index, box = self.windows[index]
@@ -121,10 +124,15 @@ def _mib(size: float) -> str:
     return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
+def _memory() -> int:
+    """This machine's memory in bytes (0 where it cannot be read)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+
+
 def _warn_if_large(tiles: int, image_size: int) -> None:
     """Kept tiles that would fill more than a quarter of this machine's memory (estimated from the first image)."""
     need = tiles * 3 * image_size * image_size * 4  # float32 pixels (masks are small beside them)
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    total = _memory()
     if total and need > total / 4:
         warnings.warn(
             f"keeping about {tiles} tiles in memory needs about {_mib(need)} of this machine's {_mib(total)}: "
