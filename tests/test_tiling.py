@@ -19,8 +19,8 @@ from defectmap.data.mvtec import Sample, open_category
 from defectmap.data.tiles import TileDataset, foregrounds_as_trained
 from defectmap.data.transforms import resize_mask, tile_boxes
 from defectmap.errors import ConfigError, DataError
-from defectmap.resume import epoch_order
 from defectmap.models.base import AnomalyModel, Output
+from defectmap.resume import epoch_order
 from defectmap.threshold import threshold_at_false_reject
 from tests.conftest import tiny_config, write_image
 
