@@ -1,0 +1,57 @@
+"""Image scores of checkpoints scored on tiles (`data.tile`): the highest window score (what `test` and every table
+report) against scores read from the stitched map, where overlapping windows are averaged.
+
+    python bench/tile_scores.py RUN/model.ckpt [...] [--top-k 25,100] [--out bench/results/tile_scores.json]
+
+A spot that one window scores high and the window overlapping it does not is halved in the stitched map, so the
+map's maximum asks two windows to agree where they overlap. This scores each checkpoint's test split once and
+reads every score from the same windows and maps; it is a diagnostic on test images, so it chooses nothing.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from defectmap import engine, metrics  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--top-k", default="25,100", help="also the mean of the stitched map's top k pixels")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    ks = [int(k) for k in args.top_k.split(",") if k]
+    rows = []
+    for path in args.checkpoints:
+        detector = engine.load(path)
+        samples = engine.test_split(detector).test
+        if not detector.config.data.tile:
+            sys.exit(f"{path} is not scored on tiles (data.tile is 0)")
+        dataset = engine.scoring_set(detector.config, samples)
+        labels, scores = (
+            [],
+            {"highest window": [], "stitched map maximum": [], **{f"stitched map top {k}": [] for k in ks}},
+        )
+        for result in engine.infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device):
+            labels.append(samples[result["index"]].label)
+            ranked = np.sort(result["map"].ravel())[::-1]
+            scores["highest window"].append(result["score"])
+            scores["stitched map maximum"].append(float(ranked[0]))
+            for k in ks:
+                scores[f"stitched map top {k}"].append(float(ranked[:k].mean()))
+        aurocs = {name: metrics.image_auroc(np.array(labels), np.array(values)) for name, values in scores.items()}
+        rows.append({"checkpoint": path, "method": detector.config.method, "tile": detector.config.data.tile,
+                     "test_images": len(samples), "image_auroc": aurocs})  # fmt: skip
+        print(path + ": " + ", ".join(f"{name} {value:.3f}" for name, value in aurocs.items()), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
