@@ -34,10 +34,8 @@ def main() -> None:
         if not detector.config.data.tile:
             sys.exit(f"{path} is not scored on tiles (data.tile is 0)")
         dataset = engine.scoring_set(detector.config, samples)
-        labels, scores = (
-            [],
-            {"highest window": [], "stitched map maximum": [], **{f"stitched map top {k}": [] for k in ks}},
-        )
+        labels = []
+        scores = {"highest window": [], "stitched map maximum": [], **{f"stitched map top {k}": [] for k in ks}}
         for result in engine.infer(detector.model, dataset, detector.config.train.eval_batch_size, detector.device):
             labels.append(samples[result["index"]].label)
             ranked = np.sort(result["map"].ravel())[::-1]
