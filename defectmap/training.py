@@ -20,7 +20,7 @@ from defectmap.config import Config, config_to_dict, resolve_config
 from defectmap.data.dataset import AnomalyMixDataset, synthetic_probe
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
-from defectmap.data.tiles import TileDataset, dataset_as_trained, foregrounds_as_trained
+from defectmap.data.tiles import dataset_as_trained, foregrounds_as_trained
 from defectmap.engine import build_model, calibrate_on_validation, resolve_device, scoring_set, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
@@ -30,7 +30,6 @@ from defectmap.progress import bars_off
 from defectmap.resume import (
     StopSignals,
     TrainState,
-    epoch_order,
     load_training_state,
     restore_training_state,
     save_training_state,
@@ -54,13 +53,6 @@ def _normal_batches(train_set: Dataset, batch_size: int, device, progress: bool)
     for batch in tqdm(DataLoader(train_set, batch_size=batch_size), desc="fitting to the training normals",
                       disable=bars_off(progress), leave=False):  # fmt: skip
         yield batch["image"].to(device)
-
-
-def _epoch_order(train_set: Dataset, seed: int, epoch: int) -> list[int]:
-    """One epoch's item order; tiles read from their files come image by image (`TileDataset.epoch_order`)."""
-    if isinstance(train_set, TileDataset):
-        return train_set.epoch_order(seed, epoch)
-    return epoch_order(len(train_set), seed, epoch)
 
 
 def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tuple[Dataset, Dataset]:
@@ -237,7 +229,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     with StopSignals() as signals:
         for epoch in range(state.epoch, cfg.train.epochs):
             model.train()
-            order = _epoch_order(train_set, cfg.train.seed, epoch)[state.step_in_epoch * batch_size :]
+            order = train_set.epoch_order(cfg.train.seed, epoch)[state.step_in_epoch * batch_size :]
             order = distributed.shard_batches(order, batch_size, rank, world)
             if isinstance(fit_set, AnomalyMixDataset):
                 fit_set.epoch = epoch  # new anomalies every epoch, reproducibly

@@ -22,6 +22,7 @@ from defectmap.data.synthetic import (
 )
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.errors import DataError
+from defectmap.resume import epoch_order
 
 
 def sample_image(sample: Sample, max_pixels: int) -> np.ndarray:
@@ -62,6 +63,10 @@ class ImageDataset(Dataset):
     def source(self, index: int) -> int:
         """The sample an item comes from (itself; a `TileDataset` item: the image it is a tile of)."""
         return index
+
+    def epoch_order(self, seed: int, epoch: int) -> list[int]:
+        """Training's item order in epoch `epoch` (a `TileDataset` may group its tiles by image)."""
+        return epoch_order(len(self), seed, epoch)
 
     def _load(self, index: int) -> dict:
         sample = self.samples[index]
