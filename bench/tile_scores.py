@@ -1,11 +1,12 @@
-"""Image scores of checkpoints scored on tiles (`data.tile`): the highest window score (what `test` and every table
-report) against scores read from the stitched map, where overlapping windows are averaged.
+"""Image scores of checkpoints scored on tiles (`data.tile`): the highest window score against scores read from the
+stitched map, where overlapping windows are averaged, and the rule `data.tile_score=auto` chooses.
 
     python bench/tile_scores.py RUN/model.ckpt [...] [--top-k 25,100] [--out bench/results/tile_scores.json]
 
 A spot that one window scores high and the window overlapping it does not is halved in the stitched map, so the
 map's maximum asks two windows to agree where they overlap. This scores each checkpoint's test split once and
-reads every score from the same windows and maps; it is a diagnostic on test images, so it chooses nothing.
+reads every score from the same windows and maps. The test images choose nothing: the choice is made as training
+makes it (`choose_tile_score`, on the validation normals with synthetic defects), then read on the test split.
 """
 
 import argparse
@@ -18,6 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from defectmap import engine, metrics  # noqa: E402
+from defectmap.data.mvtec import open_category  # noqa: E402
+from defectmap.training import choose_tile_score  # noqa: E402
 
 
 def main() -> None:
@@ -33,6 +36,11 @@ def main() -> None:
         samples = engine.test_split(detector).test
         if not detector.config.data.tile:
             sys.exit(f"{path} is not scored on tiles (data.tile is 0)")
+        recorded = detector.config.data.tile_score
+        detector.config.data.tile_score = "auto"  # choose again, as training does, on the validation normals
+        validation = choose_tile_score(detector.config, detector.model, open_category(detector.config.data).val,
+                                       detector.device)  # fmt: skip
+        chosen, detector.config.data.tile_score = detector.config.data.tile_score, "window"
         dataset = engine.scoring_set(detector.config, samples)
         labels = []
         scores = {"highest window": [], "stitched map maximum": [], **{f"stitched map top {k}": [] for k in ks}}
@@ -44,9 +52,12 @@ def main() -> None:
             for k in ks:
                 scores[f"stitched map top {k}"].append(float(ranked[:k].mean()))
         aurocs = {name: metrics.image_auroc(np.array(labels), np.array(values)) for name, values in scores.items()}
+        aurocs["chosen on validation"] = aurocs["stitched map maximum" if chosen == "map" else "highest window"]
         rows.append({"checkpoint": path, "method": detector.config.method, "tile": detector.config.data.tile,
-                     "test_images": len(samples), "image_auroc": aurocs})  # fmt: skip
-        print(path + ": " + ", ".join(f"{name} {value:.3f}" for name, value in aurocs.items()), flush=True)
+                     "test_images": len(samples), "image_auroc": aurocs, "recorded_tile_score": recorded,
+                     "chosen": chosen, "validation_synthetic_image_auroc": validation})  # fmt: skip
+        print(f"{path}: chose {chosen} (validation, synthetic: window {validation['window']:.3f}, map "
+              f"{validation['map']:.3f}); test " + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()), flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -31,6 +31,10 @@ class DataConfig:
     # to image_size (0: whole images); for large images with small defects. See data/tiles.py.
     tile: int = 0
     tile_overlap: int = 32  # pixels shared by neighbouring tiles
+    # A tiled image's score: window (the highest window score, the model's own rule on each window), map (the
+    # maximum of the stitched map, where overlapping windows must agree), or auto (training chooses the one that
+    # best separates validation normals from copies with a synthetic defect; left unchosen: window)
+    tile_score: str = "auto"
     # Few-shot protocol (models that learn from anomalies, e.g. prn): k real anomalies drawn from the test
     # split with anomaly_seed, used for training and removed from evaluation.
     anomalies: int = 0
@@ -198,6 +202,8 @@ def resolve_config(values: dict[str, Any], method: str | None = None) -> Config:
     return cfg
 
 
+TILE_SCORES = ("auto", "window", "map")  # data.tile_score
+
 # The smallest value of each shared numeric setting (models name theirs in `AnomalyModel.positive`).
 AT_LEAST = {
     "data.anomalies": 0, "data.train_images": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1,
@@ -217,6 +223,9 @@ def check_tiling(cfg: Config) -> None:
     """`data.tile` with settings that cannot work on tiles: checked with every config and again before scoring (the
     Python API may set the tile on a loaded detector)."""
     data = cfg.data
+    if data.tile_score not in TILE_SCORES:
+        raise ConfigError(f"data.tile_score must be {', '.join(TILE_SCORES[:-1])} or {TILE_SCORES[-1]}, "
+                          f"got '{data.tile_score}'")  # fmt: skip
     if data.tile and data.tile_overlap >= data.tile:
         raise ConfigError(f"data.tile_overlap must be below data.tile ({data.tile}), got {data.tile_overlap}")
     if data.tile and cfg.postprocess.normalize:

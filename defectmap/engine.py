@@ -115,7 +115,8 @@ def infer(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device: t
 def _infer_tiled(model: AnomalyModel, dataset: ImageDataset, batch_size: int, device) -> Iterator[dict]:
     """Large images: score overlapping tiles, stitch their maps (mean where they overlap) at full size.
 
-    The image score is the highest tile score; an image no larger than one tile is scored untiled.
+    The image score is the stitched map's maximum with `tile_score=map`, else the highest window score (`window`,
+    and `auto` where training did not choose); an image no larger than one tile is one window.
     """
     for item, errors in DataLoader(dataset, batch_size=1, collate_fn=collate):
         yield from errors
@@ -133,7 +134,9 @@ def _infer_tiled(model: AnomalyModel, dataset: ImageDataset, batch_size: int, de
                 total[y0:y1, x0:x1] += result["map"]
                 count[y0:y1, x0:x1] += 1
                 scores.append(result["score"])
-        yield {"index": int(item["index"][0]), "score": max(scores), "map": (total / count).astype(np.float32)}
+        stitched = (total / count).astype(np.float32)
+        score = float(stitched.max()) if dataset.tile_score == "map" else max(scores)
+        yield {"index": int(item["index"][0]), "score": score, "map": stitched}
 
 
 def decide(calibration: dict, score: float) -> dict:
@@ -214,11 +217,19 @@ def scoring_set(config: Config, samples: list[Sample], skip_errors: bool = False
     check_tiling(config)
     data = config.data
     return ImageDataset(samples, data.image_size, max_pixels=data.max_pixels, skip_errors=skip_errors,
-                        tile=data.tile, tile_overlap=data.tile_overlap)  # fmt: skip
+                        tile=data.tile, tile_overlap=data.tile_overlap, tile_score=data.tile_score)  # fmt: skip
 
 
 def _tiling(tile: int) -> str:
     return f"{tile}-pixel tiles" if tile else "whole images"
+
+
+def _tiling_record(data) -> dict | None:
+    """How `test` scored: None for whole images, else the tiles and how an image's score is read from them."""
+    if not data.tile:
+        return None
+    score = "stitched map maximum" if data.tile_score == "map" else "highest window"  # auto unchosen: the window
+    return {"tile": data.tile, "tile_overlap": data.tile_overlap, "image_score": score}
 
 
 def tiling_mismatch(detector: Detector) -> str | None:
@@ -291,6 +302,7 @@ def evaluate(detector: Detector, category: CategoryData, *, progress: bool = Tru
         "notes": list(category.notes) + [note for note in [tiling_mismatch(detector)] if note],
         "model": dataclasses.asdict(detector.config.model),  # e.g. which backbone, and whether pretrained
         "image_size": detector.config.data.image_size,
+        "tiling": _tiling_record(detector.config.data),
         "postprocess": dataclasses.asdict(detector.config.postprocess),
         "device": str(detector.device),
         "versions": versions(),  # of this evaluation; the checkpoint keeps those it was trained with

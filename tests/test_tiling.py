@@ -104,8 +104,10 @@ def test_training_on_tiles_sets_the_threshold_on_what_test_and_predict_score(tin
     cfg = _tiled_config("ae", tiny_dataset)
     detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
     assert detector.config.data.tile == 24 and detector.calibration["tile"] == 24
+    assert detector.config.data.tile_score in ("window", "map")  # data.tile_score=auto chose one, the checkpoint has it
     val = open_category(cfg.data).val
-    scores = [r["score"] for r in engine.infer(detector.model, engine.scoring_set(cfg, val), 4, detector.device)]
+    scored = engine.scoring_set(detector.config, val)
+    scores = [r["score"] for r in engine.infer(detector.model, scored, 4, detector.device)]
     assert detector.calibration["threshold"] == threshold_at_false_reject(np.array(scores), 0.01)
     rows = list(engine.predict(detector, val, progress=False))
     assert [row["score"] for row in rows] == pytest.approx(scores, rel=1e-6)
@@ -113,8 +115,13 @@ def test_training_on_tiles_sets_the_threshold_on_what_test_and_predict_score(tin
     detector.config.data.tile = 0  # the scale it was not calibrated for: the decisions are flagged
     with pytest.warns(UserWarning, match="threshold was set on 24-pixel tiles and these are scored as whole images"):
         list(engine.predict(detector, val, progress=False))
-    notes = engine.evaluate(detector, engine.test_split(detector), progress=False)["notes"]
-    assert [note for note in notes if note.startswith("the threshold was set on 24-pixel tiles")]
+    report = engine.evaluate(detector, engine.test_split(detector), progress=False)
+    assert [note for note in report["notes"] if note.startswith("the threshold was set on 24-pixel tiles")]
+    assert report["tiling"] is None
+    detector.config.data.tile = 24
+    report = engine.evaluate(detector, engine.test_split(detector), progress=False)
+    rule = {"window": "highest window", "map": "stitched map maximum"}[detector.config.data.tile_score]
+    assert report["tiling"] == {"tile": 24, "tile_overlap": 8, "image_score": rule}
 
 
 def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tmp_path, capsys):
@@ -259,3 +266,66 @@ def test_training_on_tiles_without_the_cache_follows_their_epoch_order(tiny_data
     training.fit(cfg, tmp_path / "run", progress=False)
     tiles = 4 * len(open_category(cfg.data).train)
     assert calls == [(tiles, 5, 0), (tiles, 5, 1)]
+
+
+class WindowMeanModel(AnomalyModel):
+    """The red channel as map, each window scored by its mean: the highest window and the map's maximum differ."""
+
+    def forward(self, images):
+        maps = images[:, 0]
+        return Output(maps.flatten(1).mean(1), maps)
+
+
+@pytest.mark.parametrize("rule", ["window", "map", "auto"])
+def test_a_tiled_image_is_scored_by_its_highest_window_or_its_stitched_map(rule, tmp_path):
+    image = np.random.default_rng(2).random((90, 150, 3)).astype(np.float32)
+    path = write_image(tmp_path / "big.png", image)
+    dataset = ImageDataset([Sample(path, 0)], 40, tile=40, tile_overlap=10, tile_score=rule)
+    result = next(engine.infer(WindowMeanModel(), dataset, 3, torch.device("cpu")))
+    red = np.asarray(Image.open(path), dtype=np.float32)[:, :, 0] / 255
+    windows = [red[y0:y1, x0:x1].mean() for y0, y1, x0, x1 in tile_boxes(90, 150, 40, 10)]
+    # auto where training chose nothing (a model trained on whole images): the highest window, as before the choice
+    expected = red.max() if rule == "map" else max(windows)
+    assert result["score"] == pytest.approx(expected, abs=1e-5) and red.max() > max(windows) + 0.1
+
+
+class GreyDistanceModel(AnomalyModel):
+    """Maps how far each pixel is from grey; scores each window by that (`informative="window"`) or by nothing."""
+
+    def __init__(self, informative: str):
+        super().__init__()
+        self.informative = informative
+
+    def forward(self, images):
+        maps = (images - 0.5).abs().mean(1)
+        if self.informative == "window":
+            return Output(maps.flatten(1).amax(1), torch.zeros_like(maps))
+        return Output(torch.zeros(len(images)), maps)
+
+
+def _grey_images(folder, count=6):
+    return [Sample(write_image(folder / f"{i}.png", np.full((60, 70, 3), 0.5)), 0) for i in range(count)]
+
+
+@pytest.mark.parametrize("informative", ["window", "map"])
+def test_auto_tile_score_keeps_the_rule_that_tells_synthetic_defects_from_normals(informative, tmp_path):
+    cfg = _tiled_config("ae", tmp_path)
+    samples = _grey_images(tmp_path / "val")
+    aurocs = training.choose_tile_score(cfg, GreyDistanceModel(informative), samples, torch.device("cpu"))
+    other = "map" if informative == "window" else "window"
+    assert cfg.data.tile_score == informative and aurocs[other] == 0.5 and aurocs[informative] > 0.8
+
+
+def test_the_tiled_probe_is_each_normal_as_scored_and_a_copy_with_a_defect_fixed_per_seed(tmp_path):
+    cfg = _tiled_config("ae", tmp_path)
+    samples = _grey_images(tmp_path / "val", 3)
+    probe = tiles_module.TiledProbe(samples, cfg.data, 5)
+    scored = engine.scoring_set(cfg, samples)
+    assert len(probe) == 6 and [int(probe[i]["label"]) for i in range(6)] == [0, 0, 0, 1, 1, 1]
+    for index in range(3):
+        assert torch.equal(probe[index]["tiles"], scored[index]["tiles"])
+        anomalous = probe[3 + index]["tiles"]
+        assert torch.equal(probe[3 + index]["boxes"], scored[index]["boxes"])
+        assert not torch.equal(anomalous, scored[index]["tiles"])  # a defect in some window
+        assert torch.equal(anomalous, tiles_module.TiledProbe(samples, cfg.data, 5)[3 + index]["tiles"])
+    assert not torch.equal(probe[3]["tiles"], tiles_module.TiledProbe(samples, cfg.data, 6)[3]["tiles"])

@@ -49,12 +49,13 @@ class ImageDataset(Dataset):
         skip_errors: bool = False,
         tile: int = 0,
         tile_overlap: int = 32,
+        tile_score: str = "window",
     ):
         self.samples = samples
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.skip_errors = skip_errors
-        self.tile, self.tile_overlap = tile, tile_overlap
+        self.tile, self.tile_overlap, self.tile_score = tile, tile_overlap, tile_score  # see DataConfig
         self._cache: dict[int, dict] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -72,11 +73,8 @@ class ImageDataset(Dataset):
         sample = self.samples[index]
         image = sample_image(sample, self.max_pixels)
         size = image.shape[:2]
-        if self.tile:  # tiles at the original resolution, each resized to the model input
-            boxes = tile_boxes(size[0], size[1], self.tile, self.tile_overlap)
-            tiles = [preprocess(image[y0:y1, x0:x1], self.image_size) for y0, y1, x0, x1 in boxes]
-            return {"tiles": torch.stack(tiles), "boxes": torch.tensor(boxes), "label": torch.tensor(sample.label),
-                    "index": torch.tensor(index), "size": torch.tensor(size)}  # fmt: skip
+        if self.tile:
+            return tiled_item(image, self, sample.label, index)
         if sample.mask_path is not None:
             mask = resize_mask(load_mask(sample.mask_path, size, self.max_pixels), self.image_size)
         else:
@@ -101,6 +99,14 @@ class ImageDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = item
         return item
+
+
+def tiled_item(image: np.ndarray, tiling: ImageDataset, label: int, index: int) -> dict:
+    """An image as tiled scoring reads it: its windows at the original resolution, each resized to the model input."""
+    boxes = tile_boxes(image.shape[0], image.shape[1], tiling.tile, tiling.tile_overlap)
+    tiles = [preprocess(image[y0:y1, x0:x1], tiling.image_size) for y0, y1, x0, x1 in boxes]
+    return {"tiles": torch.stack(tiles), "boxes": torch.tensor(boxes), "label": torch.tensor(label),
+            "index": torch.tensor(index), "size": torch.tensor(image.shape[:2])}  # fmt: skip
 
 
 def collate(items: list[dict]) -> tuple[dict | None, list[dict]]:

@@ -18,9 +18,10 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from defectmap.config import DataConfig
-from defectmap.data.dataset import ImageDataset, foreground_path, load_foregrounds, sample_image
+from defectmap.data.dataset import ImageDataset, foreground_path, load_foregrounds, sample_image, tiled_item
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import Sample
+from defectmap.data.synthetic import SYNTHETIC_KINDS, item_generator, load_textures, synthesize
 from defectmap.data.transforms import preprocess, resize_mask, tile_boxes
 from defectmap.progress import bars_off
 from defectmap.resume import epoch_order
@@ -163,3 +164,38 @@ def foregrounds_as_trained(folder: str, normals: Dataset) -> list[torch.Tensor]:
             whole = (index, load_mask(path, normals.shapes[index], normals.max_pixels))
         masks.append(resize_mask(whole[1][y0:y1, x0:x1], normals.image_size).bool())  # a byte a pixel: many tiles
     return masks
+
+
+class TiledProbe(ImageDataset):
+    """Whole validation normals scored as tiles, each twice: as it is (label 0), and with one synthetic anomaly in a
+    tile-sized window at a random place (label 1), fixed per seed.
+
+    The anomaly is drawn at the window's original resolution, so it is the size a defect in one training tile is, and
+    it lies across the windows scoring cuts as a real defect does. `data.tile_score=auto` chooses on it.
+    """
+
+    def __init__(self, samples: list[Sample], data: DataConfig, seed: int):
+        super().__init__(samples, data.image_size, max_pixels=data.max_pixels, tile=data.tile,
+                         tile_overlap=data.tile_overlap)  # fmt: skip
+        self.textures = load_textures(data.texture_dir, data.image_size) if data.texture_dir else []
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return 2 * len(self.samples)
+
+    def _load(self, index: int) -> dict:
+        normals = len(self.samples)
+        image = sample_image(self.samples[index % normals], self.max_pixels)
+        if index < normals:
+            return tiled_item(image, self, 0, index)
+        generator = item_generator(self.seed, index)
+        height, width = image.shape[:2]
+        tile_h, tile_w = min(self.tile, height), min(self.tile, width)
+        y0, x0, pick = (int(torch.randint(n, (), generator=generator)) for n in
+                        (height - tile_h + 1, width - tile_w + 1, len(SYNTHETIC_KINDS)))  # fmt: skip
+        window = torch.from_numpy(np.ascontiguousarray(image[y0 : y0 + tile_h, x0 : x0 + tile_w])).permute(2, 0, 1)
+        kind = SYNTHETIC_KINDS[pick]
+        window, _ = synthesize(window, kind, generator, self.textures)
+        image = image.copy()
+        image[y0 : y0 + tile_h, x0 : x0 + tile_w] = window.permute(1, 2, 0).numpy()
+        return tiled_item(image, self, 1, index)
