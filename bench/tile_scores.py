@@ -56,8 +56,11 @@ def main() -> None:
         rows.append({"checkpoint": path, "method": detector.config.method, "tile": detector.config.data.tile,
                      "test_images": len(samples), "image_auroc": aurocs, "recorded_tile_score": recorded,
                      "chosen": chosen, "validation_synthetic_image_auroc": validation})  # fmt: skip
-        print(f"{path}: chose {chosen} (validation, synthetic: window {validation['window']:.3f}, map "
-              f"{validation['map']:.3f}); test " + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()), flush=True)
+        print(
+            f"{path}: chose {chosen} (validation, synthetic: window {validation['window']:.3f}, map "
+            f"{validation['map']:.3f}); test " + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()),
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
 
