@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from defectmap import engine, metrics  # noqa: E402
 from defectmap.data.mvtec import open_category  # noqa: E402
-from defectmap.training import choose_tile_score  # noqa: E402
 
 
 def main() -> None:
@@ -38,8 +37,8 @@ def main() -> None:
             sys.exit(f"{path} is not scored on tiles (data.tile is 0)")
         recorded = detector.config.data.tile_score
         detector.config.data.tile_score = "auto"  # choose again, as training does, on the validation normals
-        validation = choose_tile_score(detector.config, detector.model, open_category(detector.config.data).val,
-                                       detector.device)  # fmt: skip
+        normals = open_category(detector.config.data).val
+        validation = engine.choose_tile_score(detector.config, detector.model, normals, detector.device)
         chosen, detector.config.data.tile_score = detector.config.data.tile_score, "window"
         dataset = engine.scoring_set(detector.config, samples)
         labels = []

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
             report = run_one((name, args.model, None), args.out / "data", "large_fabric", seed, sets, run_dir)
             keys = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "good_rejected", "defects_missed")
             rows.append({"model": args.model, "variant": name, "seed": seed, "sets": sets,
-                         "train_seconds": report["train_seconds"], **{k: report[k] for k in keys}})  # fmt: skip
+                         "train_seconds": report["train_seconds"], **{k: report[k] for k in keys},
+                         "tiling": report.get("tiling")})  # fmt: skip
             print(f"{name}, seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in keys[:4])
                   + f", {report['train_seconds']:.0f} s", flush=True)  # fmt: skip
     print("\n| model input | seeds | image AUROC | pixel AUROC | AU-PRO@0.3 | pixel AP | train s |")

@@ -120,9 +120,10 @@ def load_checkpoint(path: str | Path, expected_format: str = FORMAT) -> dict[str
 
 def update_calibration(path: str | Path, calibration: dict) -> None:
     """Replace a checkpoint's calibration in place (atomically), keeping everything else. The checkpoint then scores
-    at the tiling its threshold was set for (`data.tile`)."""
+    at the tiling its threshold was set for (`data.tile`, `data.tile_score`)."""
     payload = load_checkpoint(path)
     payload["calibration"] = calibration
-    if "tile" in calibration:
-        payload["config"]["data"]["tile"] = calibration["tile"]
+    for key in ("tile", "tile_score"):
+        if key in calibration:
+            payload["config"]["data"][key] = calibration[key]
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))

@@ -23,6 +23,7 @@ from defectmap.config import Config, check_rate, check_tiling, resolve_config
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.images import load_mask
 from defectmap.data.mvtec import CategoryData, Sample, leave_out_trained_files, open_category
+from defectmap.data.tiles import TiledProbe
 from defectmap.data.transforms import resize_map
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import load_exported
@@ -139,6 +140,29 @@ def _infer_tiled(model: AnomalyModel, dataset: ImageDataset, batch_size: int, de
         yield {"index": int(item["index"][0]), "score": score, "map": stitched}
 
 
+@torch.no_grad()
+def choose_tile_score(cfg: Config, model: AnomalyModel, samples: list, device, progress: bool = False) -> dict:
+    """`data.tile_score=auto`: of the highest window score and the stitched map's maximum, keep the one whose image
+    AUROC on the validation normals, whole and with a synthetic defect in one tile-sized window, is best (ties: the
+    window, each model's own rule). Run after training, or by `recalibrate` when a model trained on whole images is
+first calibrated for tiles. Written into `cfg.data`, so the checkpoint records it; returns both AUROCs."""
+    model.eval()
+    probe = TiledProbe(samples, cfg.data, cfg.train.seed + 11)
+    results = tqdm(infer(model, probe, cfg.train.eval_batch_size, device), "choosing the tiled image score",
+                   len(probe), disable=bars_off(progress), leave=False)  # fmt: skip
+    labels, windows, maps = [], [], []
+    for result in results:
+        labels.append(int(result["index"] >= len(samples)))
+        windows.append(result["score"])
+        maps.append(float(result["map"].max()))
+    aurocs = {"window": metrics.image_auroc(labels, windows), "map": metrics.image_auroc(labels, maps)}
+    cfg.data.tile_score = "map" if aurocs["map"] > aurocs["window"] else "window"
+    if progress:
+        tqdm.write(f"synthetic image AUROC of tiled images: highest window {aurocs['window']:.3f}, stitched map "
+                   f"maximum {aurocs['map']:.3f}; chose data.tile_score={cfg.data.tile_score}")  # fmt: skip
+    return aurocs
+
+
 def decide(calibration: dict, score: float) -> dict:
     """Normalised score (validation median -> 0, threshold -> 0.5) and the pass/fail decision, as a flag and as the
     word scores.csv and the service write."""
@@ -190,12 +214,14 @@ def recalibrate(
     check_rate("the false-reject rate", false_reject_rate)
     data = detector.config.data
     normals = good if good else open_category(data).val
+    if data.tile and data.tile_score == "auto":  # trained on whole images, now calibrated for tiles: choose the rule
+        choose_tile_score(detector.config, detector.model, normals, detector.device, progress)
     val_set = scoring_set(detector.config, normals)
     if not defects and (warning := unreliable_rate_warning(len(val_set), false_reject_rate)):
         warnings.warn(warning, stacklevel=2)
     batch, model, device = detector.config.train.eval_batch_size, detector.model, detector.device
     calibration, good_scores = _validation_calibration(model, val_set, batch, device, false_reject_rate, progress)
-    calibration["tile"] = data.tile
+    calibration.update(tile=data.tile, tile_score=data.tile_score)
     which = "user-given good" if good else "good validation"
     if not defects:
         calibration["threshold_rule"] = f"false-reject rate {false_reject_rate} on {len(val_set)} {which} images"

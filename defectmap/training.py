@@ -20,8 +20,15 @@ from defectmap.config import Config, config_to_dict, resolve_config
 from defectmap.data.dataset import AnomalyMixDataset, synthetic_probe
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
-from defectmap.data.tiles import TiledProbe, dataset_as_trained, foregrounds_as_trained
-from defectmap.engine import build_model, calibrate_on_validation, infer, resolve_device, scoring_set, seed_everything
+from defectmap.data.tiles import dataset_as_trained, foregrounds_as_trained
+from defectmap.engine import (
+    build_model,
+    calibrate_on_validation,
+    choose_tile_score,
+    resolve_device,
+    scoring_set,
+    seed_everything,
+)
 from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
 from defectmap.metrics import image_auroc
@@ -133,28 +140,6 @@ def choose_postprocess(cfg: Config, model: AnomalyModel, val_set: Dataset, devic
     if progress:
         tried = ", ".join(f"normalize={n} hee={h}: {a:.3f}" for (n, h), a in aurocs.items())
         tqdm.write(f"synthetic image AUROC {tried}; chose postprocess.normalize={normalize} postprocess.hee={hee}")
-
-
-@torch.no_grad()
-def choose_tile_score(cfg: Config, model: AnomalyModel, samples: list, device, progress: bool = False) -> dict:
-    """`data.tile_score=auto`: of the highest window score and the stitched map's maximum, keep the one whose image
-    AUROC on the validation normals, whole and with a synthetic defect in one tile-sized window, is best (ties: the
-    window, each model's own rule). Written into `cfg.data`, so the checkpoint records it; returns both AUROCs."""
-    model.eval()
-    probe = TiledProbe(samples, cfg.data, cfg.train.seed + 11)
-    results = tqdm(infer(model, probe, cfg.train.eval_batch_size, device), "choosing the tiled image score",
-                   len(probe), disable=bars_off(progress), leave=False)  # fmt: skip
-    labels, windows, maps = [], [], []
-    for result in results:
-        labels.append(int(result["index"] >= len(samples)))
-        windows.append(result["score"])
-        maps.append(float(result["map"].max()))
-    aurocs = {"window": image_auroc(labels, windows), "map": image_auroc(labels, maps)}
-    cfg.data.tile_score = "map" if aurocs["map"] > aurocs["window"] else "window"
-    if progress:
-        tqdm.write(f"synthetic image AUROC of tiled images: highest window {aurocs['window']:.3f}, stitched map "
-                   f"maximum {aurocs['map']:.3f}; chose data.tile_score={cfg.data.tile_score}")  # fmt: skip
-    return aurocs
 
 
 def _training_sets(cfg: Config, category: CategoryData, model: AnomalyModel, train_set, val_set):

@@ -130,6 +130,8 @@ def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tm
     assert "scored as 36-pixel tiles) saved in" in capsys.readouterr().out
     payload = load_checkpoint(checkpoint)
     assert payload["config"]["data"]["tile"] == 36 and payload["calibration"]["tile"] == 36
+    # trained on whole images, its image score on tiles was chosen now, and its threshold set with that rule
+    assert payload["config"]["data"]["tile_score"] == payload["calibration"]["tile_score"] in ("window", "map")
     assert main(["info", str(checkpoint)]) == 0
     assert "input 32² from 36-pixel tiles (overlap 32)" in capsys.readouterr().out
 
@@ -311,7 +313,7 @@ def _grey_images(folder, count=6):
 def test_auto_tile_score_keeps_the_rule_that_tells_synthetic_defects_from_normals(informative, tmp_path):
     cfg = _tiled_config("ae", tmp_path)
     samples = _grey_images(tmp_path / "val")
-    aurocs = training.choose_tile_score(cfg, GreyDistanceModel(informative), samples, torch.device("cpu"))
+    aurocs = engine.choose_tile_score(cfg, GreyDistanceModel(informative), samples, torch.device("cpu"))
     other = "map" if informative == "window" else "window"
     assert cfg.data.tile_score == informative and aurocs[other] == 0.5 and aurocs[informative] > 0.8
 
