@@ -6,7 +6,8 @@ stitched map, where overlapping windows are averaged, and the rule `data.tile_sc
 A spot that one window scores high and the window overlapping it does not is halved in the stitched map, so the
 map's maximum asks two windows to agree where they overlap. This scores each checkpoint's test split once and
 reads every score from the same windows and maps. The test images choose nothing: the choice is made as training
-makes it (`choose_tile_score`, on the validation normals with synthetic defects), then read on the test split.
+makes it (`choose_tile_score`, on the validation normals with synthetic defects), the threshold set as training sets
+it (the false-reject rate on the validation normals, scored by the chosen rule), then both read on the test split.
 """
 
 import argparse
@@ -51,13 +52,23 @@ def main() -> None:
             for k in ks:
                 scores[f"stitched map top {k}"].append(float(ranked[:k].mean()))
         aurocs = {name: metrics.image_auroc(np.array(labels), np.array(values)) for name, values in scores.items()}
-        aurocs["chosen on validation"] = aurocs["stitched map maximum" if chosen == "map" else "highest window"]
+        reading = "stitched map maximum" if chosen == "map" else "highest window"
+        aurocs["chosen on validation"] = aurocs[reading]
+        # The threshold training would now set: the false-reject rate on the validation normals, scored by the rule.
+        detector.config.data.tile_score = chosen
+        threshold = engine.recalibrate(detector, detector.config.train.false_reject_rate)["threshold"]
+        chosen_scores, labels = np.array(scores[reading]), np.array(labels)
+        decisions = {"threshold": threshold, "good_rejected": int(((chosen_scores > threshold) & (labels == 0)).sum()),
+                     "defects_missed": int(((chosen_scores <= threshold) & (labels == 1)).sum())}  # fmt: skip
         rows.append({"checkpoint": path, "method": detector.config.method, "tile": detector.config.data.tile,
                      "test_images": len(samples), "image_auroc": aurocs, "recorded_tile_score": recorded,
-                     "chosen": chosen, "validation_synthetic_image_auroc": validation})  # fmt: skip
+                     "chosen": chosen, "validation_synthetic_image_auroc": validation,
+                     "chosen_rule": decisions})  # fmt: skip
         print(
             f"{path}: chose {chosen} (validation, synthetic: window {validation['window']:.3f}, map "
-            f"{validation['map']:.3f}); test " + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()),
+            f"{validation['map']:.3f}); test "
+            + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items())
+            + f"; with its threshold {decisions['good_rejected']} good rejected, {decisions['defects_missed']} missed",
             flush=True,
         )
     if args.out:

@@ -74,11 +74,11 @@ def describe_lines(d: dict) -> list[str]:
     where = d["dataset"]["good_dir"] or d["dataset"]["root"]
     data = d["config"]["data"]
     tiles = f" from {data['tile']}-pixel tiles (overlap {data['tile_overlap']})" if data["tile"] else ""
-    if data["tile"]:  # unchosen (trained on whole images) or written before data.tile_score: the highest window
-        rule = "its stitched map's maximum" if data.get("tile_score") == "map" else "its highest window's score"
-        tiles += f", an image scored by {rule}"
     input_line = f"  category:     {d['category']} ({where}), input {d['image_size']}²{tiles}"
     lines = [f"{d['method']}: {d['title']}", input_line]
+    if data["tile"]:  # unchosen (trained on whole images) or written before data.tile_score: the highest window
+        rule = "the maximum of its stitched map" if data.get("tile_score") == "map" else "its highest window's score"
+        lines.append(f"  image score:  {rule} (data.tile_score)")
     if backbone := d["config"]["model"].get("backbone"):  # PRN's frozen feature extractor
         weights = "ImageNet weights" if d["config"]["model"].get("pretrained", True) else "random init"
         lines.append(f"  backbone:     {backbone}, {weights}")

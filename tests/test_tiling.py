@@ -133,7 +133,10 @@ def test_threshold_tile_recalibrates_and_scores_so_from_then_on(tiny_dataset, tm
     # trained on whole images, its image score on tiles was chosen now, and its threshold set with that rule
     assert payload["config"]["data"]["tile_score"] == payload["calibration"]["tile_score"] in ("window", "map")
     assert main(["info", str(checkpoint)]) == 0
-    assert "input 32² from 36-pixel tiles (overlap 32)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    rule = {"window": "its highest window's score", "map": "the maximum of its stitched map"}
+    assert "input 32² from 36-pixel tiles (overlap 32)\n" in out
+    assert f"  image score:  {rule[payload['config']['data']['tile_score']]} (data.tile_score)\n" in out
 
 
 def _foregrounds(root, folder):
