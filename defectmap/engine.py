@@ -145,7 +145,7 @@ def choose_tile_score(cfg: Config, model: AnomalyModel, samples: list, device, p
     """`data.tile_score=auto`: of the highest window score and the stitched map's maximum, keep the one whose image
     AUROC on the validation normals, whole and with a synthetic defect in one tile-sized window, is best (ties: the
     window, each model's own rule). Run after training, or by `recalibrate` when a model trained on whole images is
-first calibrated for tiles. Written into `cfg.data`, so the checkpoint records it; returns both AUROCs."""
+    first calibrated for tiles. Written into `cfg.data`, so the checkpoint records it; returns both AUROCs."""
     model.eval()
     probe = TiledProbe(samples, cfg.data, cfg.train.seed + 11)
     results = tqdm(infer(model, probe, cfg.train.eval_batch_size, device), "choosing the tiled image score",
