@@ -142,3 +142,16 @@ def test_onnx_runs_without_busy_waiting_between_calls(trained_models, tmp_path):
     detector = engine.load(export(engine.load(checkpoints["ae"], device="cpu"), tmp_path / "m.onnx"), device="cpu")
     options = detector.model.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_an_export_scores_tiles_by_the_rule_its_checkpoint_chose(trained_models):
+    root, checkpoints = trained_models
+    reference = engine.load(checkpoints["ae"], device="cpu")
+    reference.config.data.tile, reference.config.data.tile_overlap, reference.config.data.tile_score = 24, 8, "map"
+    exported = engine.load(export(reference, root / "tiled.onnx", "onnx"), device="cpu")
+    assert exported.config.data.tile_score == "map"
+    samples = open_category(reference.config.data).test
+    rows = [list(engine.predict(detector, samples, progress=False)) for detector in (reference, exported)]
+    for a, b in zip(*rows, strict=True):
+        np.testing.assert_allclose(a["map"], b["map"], atol=1e-4, rtol=0)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["score"] == pytest.approx(float(a["map"].max()))
