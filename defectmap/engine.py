@@ -141,7 +141,7 @@ def _infer_tiled(model: AnomalyModel, dataset: ImageDataset, batch_size: int, de
 
 
 @torch.no_grad()
-def choose_tile_score(cfg: Config, model: AnomalyModel, samples: list, device, progress: bool = False) -> dict:
+def choose_tile_score(cfg: Config, model: AnomalyModel, samples: list[Sample], device, progress: bool = False) -> dict:
     """`data.tile_score=auto`: of the highest window score and the stitched map's maximum, keep the one whose image
     AUROC on the validation normals, whole and with a synthetic defect in one tile-sized window, is best (ties: the
     window, each model's own rule). Run after training, or by `recalibrate` when a model trained on whole images is
@@ -151,7 +151,7 @@ def choose_tile_score(cfg: Config, model: AnomalyModel, samples: list, device, p
     results = tqdm(infer(model, probe, cfg.train.eval_batch_size, device), "choosing the tiled image score",
                    len(probe), disable=bars_off(progress), leave=False)  # fmt: skip
     labels, windows, maps = [], [], []
-    for result in results:
+    for result in results:  # the probe scores each image by its highest window; the map's maximum is read beside it
         labels.append(int(result["index"] >= len(samples)))
         windows.append(result["score"])
         maps.append(float(result["map"].max()))
