@@ -246,8 +246,11 @@ def scoring_set(config: Config, samples: list[Sample], skip_errors: bool = False
                         tile=data.tile, tile_overlap=data.tile_overlap, tile_score=data.tile_score)  # fmt: skip
 
 
-def _tiling(tile: int) -> str:
-    return f"{tile}-pixel tiles" if tile else "whole images"
+def _tiling(tile: int, tile_score: str = "window") -> str:
+    """Whole images, or tiles with the rule that reads an image's score from them (auto unchosen: the window)."""
+    if not tile:
+        return "whole images"
+    return f"{tile}-pixel tiles" + (" (by the stitched map's maximum)" if tile_score == "map" else "")
 
 
 def _tiling_record(data) -> dict | None:
@@ -260,11 +263,14 @@ def _tiling_record(data) -> dict | None:
 
 def tiling_mismatch(detector: Detector) -> str | None:
     """What is wrong when a detector scores at another tiling than its threshold was set at (None: nothing)."""
-    tile, calibrated = detector.config.data.tile, detector.calibration.get("tile", 0)  # older checkpoints: whole
-    if tile == calibrated:
+    tile, calibration = detector.config.data.tile, detector.calibration
+    scored = _tiling(tile, detector.config.data.tile_score)
+    # older checkpoints: whole images; before data.tile_score, the highest window
+    calibrated = _tiling(calibration.get("tile", 0), calibration.get("tile_score", "window"))
+    if scored == calibrated:
         return None
     return (
-        f"the threshold was set on {_tiling(calibrated)} and these are scored as {_tiling(tile)}: the decisions "
+        f"the threshold was set on {calibrated} and these are scored as {scored}: the decisions "
         f"(and good_rejected, defects_missed) do not hold for them; `defectmap threshold MODEL --tile {tile}` sets one "
         "for these"
     )

@@ -115,7 +115,7 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: Dataset, device
     # Thresholds hold for what test and predict score: with data.tile, whole images stitched from their tiles.
     scored = scoring_set(cfg, val_set.samples) if cfg.data.tile else val_set
     calibration = calibrate_on_validation(model, scored, cfg.train.eval_batch_size, device, rate, progress)
-    return {**calibration, "tile": cfg.data.tile}
+    return {**calibration, "tile": cfg.data.tile, "tile_score": cfg.data.tile_score}
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Tiling: windows cover the image, an image of tile size reproduces the untiled map, stitching is exact; training on
 tiles learns and calibrates on the windows that test and predict score."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -113,10 +114,11 @@ def test_training_on_tiles_sets_the_threshold_on_what_test_and_predict_score(tin
     assert [row["score"] for row in rows] == pytest.approx(scores, rel=1e-6)
     assert not [w for w in recwarn if "threshold was set on" in str(w.message)]
     detector.config.data.tile = 0  # the scale it was not calibrated for: the decisions are flagged
-    with pytest.warns(UserWarning, match="threshold was set on 24-pixel tiles and these are scored as whole images"):
+    set_on = "24-pixel tiles" + (" (by the stitched map's maximum)" if detector.config.data.tile_score == "map" else "")
+    with pytest.warns(UserWarning, match=re.escape(f"threshold was set on {set_on} and these are scored as whole")):
         list(engine.predict(detector, val, progress=False))
     report = engine.evaluate(detector, engine.test_split(detector), progress=False)
-    assert [note for note in report["notes"] if note.startswith("the threshold was set on 24-pixel tiles")]
+    assert [note for note in report["notes"] if note.startswith(f"the threshold was set on {set_on} and")]
     assert report["tiling"] is None
     detector.config.data.tile = 24
     report = engine.evaluate(detector, engine.test_split(detector), progress=False)
@@ -334,3 +336,20 @@ def test_the_tiled_probe_is_each_normal_as_scored_and_a_copy_with_a_defect_fixed
         assert not torch.equal(anomalous, scored[index]["tiles"])  # a defect in some window
         assert torch.equal(anomalous, tiles_module.TiledProbe(samples, cfg.data, 5)[3 + index]["tiles"])
     assert not torch.equal(probe[3]["tiles"], tiles_module.TiledProbe(samples, cfg.data, 6)[3]["tiles"])
+
+
+@pytest.mark.parametrize("method", ["daad", "pmb"])
+def test_memory_models_train_on_tiles_and_score_images_by_the_rule_they_chose(method, tiny_dataset, tmp_path):
+    cfg = _tiled_config(method, tiny_dataset)
+    detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
+    rule = detector.config.data.tile_score
+    assert rule in ("window", "map")
+    test = open_category(cfg.data).test
+    rows = list(engine.predict(detector, test, progress=False))
+    assert len(rows) == len(test) and all(np.isfinite(row["map"]).all() for row in rows)
+    assert detector.calibration["tile_score"] == rule  # the threshold was set by the rule
+    detector.config.data.tile_score = "window" if rule == "map" else "map"  # the other rule: its threshold is flagged
+    with pytest.warns(UserWarning, match="threshold was set on 24-pixel tiles.* and these are scored as 24-pixel"):
+        other = [row["score"] for row in engine.predict(detector, test, progress=False)]
+    by_map = other if rule == "window" else [row["score"] for row in rows]
+    assert by_map == pytest.approx([float(row["map"].max()) for row in rows])
