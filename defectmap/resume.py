@@ -34,12 +34,16 @@ class TrainState:
     average: dict[str, torch.Tensor] | None = None  # train.ema_decay: the averaged weights
 
 
-def epoch_order(n: int, seed: int, epoch: int, images: list[int] | None = None, pool: int = 1) -> list[int]:
-    """The shuffled item order of one epoch, a pure function of (seed, epoch).
+def epoch_order(
+    n: int, seed: int, epoch: int, images: list[int] | None = None, pool: int = 1, batch_size: int = 1,
+    workers: int = 0,
+) -> list[int]:  # fmt: skip
+    """The shuffled item order of one epoch, a pure function of its arguments.
 
     With `images` (each item's image: tiles decoded from their files), the images are shuffled and then the items
     of every `pool` consecutive images among themselves, so that a dataset keeping its last `pool` decoded images
-    decodes each image once an epoch while a batch still mixes tiles of several images.
+    decodes each image once an epoch while a batch still mixes tiles of several images. With `workers` (DataLoader
+    processes, each keeping its own pool) the pools are dealt out among them (`_by_worker`).
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     if images is None:
@@ -49,11 +53,25 @@ def epoch_order(n: int, seed: int, epoch: int, images: list[int] | None = None, 
         items.setdefault(image, []).append(item)
     keys = list(items)
     shuffled = [keys[i] for i in torch.randperm(len(keys), generator=generator).tolist()]
-    order = []
+    pools = []
     for start in range(0, len(shuffled), pool):
         pooled = [item for image in shuffled[start : start + pool] for item in items[image]]
-        order += [pooled[i] for i in torch.randperm(len(pooled), generator=generator).tolist()]
-    return order
+        pools.append([pooled[i] for i in torch.randperm(len(pooled), generator=generator).tolist()])
+    if workers < 2:
+        return [item for pooled in pools for item in pooled]
+    return _by_worker(pools, batch_size, workers)
+
+
+def _by_worker(pools: list[list[int]], batch_size: int, workers: int) -> list[int]:
+    """A DataLoader hands batch i to worker i % workers: give each worker whole pools (the next to the one with the
+    fewest items), then interleave their batches, so that every worker decodes only its own images. What is left
+    once one worker has no full batch more goes last, in any worker's hands (at most about a pool per worker)."""
+    streams: list[list[int]] = [[] for _ in range(workers)]
+    for pooled in pools:
+        min(streams, key=len).extend(pooled)
+    full = min(len(stream) for stream in streams) // batch_size
+    order = [item for b in range(full) for stream in streams for item in stream[b * batch_size : (b + 1) * batch_size]]
+    return order + [item for stream in streams for item in stream[full * batch_size :]]
 
 
 def save_training_state(path: Path, cfg: Config, model: torch.nn.Module, optimizers: dict, state: TrainState) -> None:

@@ -238,7 +238,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     with StopSignals() as signals:
         for epoch in range(state.epoch, cfg.train.epochs):
             model.train()
-            order = train_set.epoch_order(cfg.train.seed, epoch)[state.step_in_epoch * batch_size :]
+            order = train_set.epoch_order(cfg.train.seed, epoch, batch_size, cfg.data.num_workers)
+            order = order[state.step_in_epoch * batch_size :]
             order = distributed.shard_batches(order, batch_size, rank, world)
             if isinstance(fit_set, AnomalyMixDataset):
                 fit_set.epoch = epoch  # new anomalies every epoch, reproducibly

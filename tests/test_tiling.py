@@ -1,6 +1,7 @@
 """Tiling: windows cover the image, an image of tile size reproduces the untiled map, stitching is exact; training on
 tiles learns and calibrates on the windows that test and predict score."""
 
+import multiprocessing
 import re
 from dataclasses import replace
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from defectmap import engine, training
 from defectmap.checkpoint import load_checkpoint
@@ -266,13 +268,44 @@ def test_training_on_tiles_without_the_cache_follows_their_epoch_order(tiny_data
     calls = []
     real = TileDataset.epoch_order
     monkeypatch.setattr(
-        TileDataset, "epoch_order", lambda self, s, e: calls.append((len(self), s, e)) or real(self, s, e)
+        TileDataset, "epoch_order", lambda self, *args: calls.append((len(self), *args)) or real(self, *args)
     )
     cfg = _tiled_config("ae", tiny_dataset, cache=False)
     apply_overrides(cfg, {"train": {"epochs": 2, "seed": 5}})
     training.fit(cfg, tmp_path / "run", progress=False)
     tiles = 4 * len(open_category(cfg.data).train)
-    assert calls == [(tiles, 5, 0), (tiles, 5, 1)]
+    assert calls == [(tiles, 5, 0, 4, 0), (tiles, 5, 1, 4, 0)]  # seed, epoch, batch size, data.num_workers
+
+
+def test_dataloader_workers_each_decode_only_the_images_dealt_to_them(monkeypatch, tmp_path):
+    count = 24
+    paths = [write_image(tmp_path / f"{i}.png", np.random.default_rng(i).random((50, 70, 3))) for i in range(count)]
+    decodes = multiprocessing.Value("i", 0)  # counted in the worker processes too (forked)
+    real = tiles_module.sample_image
+
+    def counted(sample, limit):
+        with decodes.get_lock():
+            decodes.value += 1
+        return real(sample, limit)
+
+    monkeypatch.setattr(tiles_module, "sample_image", counted)
+    tiles = TileDataset([Sample(path, 0) for path in paths], 8, 30, 10, cache=False)
+    tiles.pool = 2  # 12 pools of 12 tiles: 6 for each of two workers, 18 batches of 4 each
+    assert tiles.epoch_order(3, 0, 4, 0) == tiles.epoch_order(3, 0)  # no worker: the one-process order
+    order = tiles.epoch_order(3, 0, 4, 2)
+    assert sorted(order) == list(range(len(tiles))) and order == tiles.epoch_order(3, 0, 4, 2)
+    batches = [order[start : start + 4] for start in range(0, len(order), 4)]
+    images = [{tiles.source(k) for batch in batches[worker::2] for k in batch} for worker in (0, 1)]
+    assert not images[0] & images[1] and len(images[0] | images[1]) == count  # batch i goes to worker i % 2
+
+    def decoded(order):  # from nothing kept (the workers start with a copy of what this process keeps)
+        tiles._decoded.clear()
+        decodes.value = 0
+        list(DataLoader(tiles, batch_size=4, sampler=order, num_workers=2))
+        return decodes.value
+
+    assert decoded(order) == count
+    assert decoded(tiles.epoch_order(3, 0)) > 1.5 * count  # not dealt out, each worker decodes nearly every image
 
 
 class WindowMeanModel(AnomalyModel):

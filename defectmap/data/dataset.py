@@ -65,8 +65,8 @@ class ImageDataset(Dataset):
         """The sample an item comes from (itself; a `TileDataset` item: the image it is a tile of)."""
         return index
 
-    def epoch_order(self, seed: int, epoch: int) -> list[int]:
-        """Training's item order in epoch `epoch` (a `TileDataset` may group its tiles by image)."""
+    def epoch_order(self, seed: int, epoch: int, batch_size: int = 1, workers: int = 0) -> list[int]:
+        """Training's item order in epoch `epoch` (a `TileDataset` may group its tiles by image and by worker)."""
         return epoch_order(len(self), seed, epoch)
 
     def _load(self, index: int) -> dict:

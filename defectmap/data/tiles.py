@@ -99,12 +99,14 @@ class TileDataset(Dataset):
         """The sample (image) that item `index` is a tile of."""
         return self.windows[index][0]
 
-    def epoch_order(self, seed: int, epoch: int) -> list[int]:
+    def epoch_order(self, seed: int, epoch: int, batch_size: int = 1, workers: int = 0) -> list[int]:
         """Training's item order: shuffled as any dataset's, or without the cache shuffled by pools of `pool`
-        images, so that an epoch decodes each image once rather than once for every tile of it."""
+        images, so that an epoch decodes each image once rather than once for every tile of it (with DataLoader
+        `workers`, once in the worker its pool is dealt to)."""
         if self._cache is not None:
             return epoch_order(len(self), seed, epoch)
-        return epoch_order(len(self), seed, epoch, [image for image, _ in self.windows], self.pool)
+        images = [image for image, _ in self.windows]
+        return epoch_order(len(self), seed, epoch, images, self.pool, batch_size, workers)
 
     def __getitem__(self, index: int) -> dict:
         sample_index, box = self.windows[index]
