@@ -63,9 +63,9 @@ def epoch_order(
 
 
 def _by_worker(pools: list[list[int]], batch_size: int, workers: int) -> list[int]:
-    """A DataLoader hands batch i to worker i % workers: give each worker whole pools (the next to the one with the
-    fewest items), then interleave their batches, so that every worker decodes only its own images. What is left
-    once one worker has no full batch more goes last, in any worker's hands (at most about a pool per worker)."""
+    """A DataLoader hands batch i to worker i % workers: deal whole pools out (each to the worker with the fewest
+    items so far), then interleave the workers' batches, so that every worker decodes only its own images. What is
+    left once one worker has no full batch more goes last, in any worker's hands (about a pool per worker at most)."""
     streams: list[list[int]] = [[] for _ in range(workers)]
     for pooled in pools:
         min(streams, key=len).extend(pooled)
