@@ -30,6 +30,7 @@ class TrainState:
     running: float = 0.0  # smoothed training loss shown in the progress bar
     seconds: float = 0.0  # training time so far, across resumptions
     history: list[dict] = field(default_factory=list)
+    loss_sums: dict[str, float] = field(default_factory=dict)  # each loss term summed over the epoch's steps so far
     best_state: dict[str, torch.Tensor] | None = None
     average: dict[str, torch.Tensor] | None = None  # train.ema_decay: the averaged weights
 

@@ -55,6 +55,21 @@ def _validation_loss(model: AnomalyModel, loader: DataLoader, device: torch.devi
     return total / max(count, 1)
 
 
+def _fold_loss_sums(state: TrainState, sums: dict[str, torch.Tensor]) -> None:
+    """Moves the epoch's loss sums from the device into the state, so a saved state carries them."""
+    for name, value in sums.items():
+        state.loss_sums[name] = state.loss_sums.get(name, 0.0) + float(value)
+    sums.clear()
+
+
+def _epoch_losses(state: TrainState, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each loss term's mean over the epoch's steps (this process's batches), for history.json; resets the sums."""
+    _fold_loss_sums(state, sums)
+    means = {name: total / max(state.step_in_epoch, 1) for name, total in state.loss_sums.items()}
+    state.loss_sums = {}
+    return means
+
+
 def _normal_batches(train_set: Dataset, batch_size: int, device, progress: bool):
     """The training normals for `model.prepare`; the bar appears only if the model reads them (PRN's prototypes)."""
     for batch in tqdm(DataLoader(train_set, batch_size=batch_size), desc="fitting to the training normals",
@@ -246,7 +261,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
             loader = DataLoader(fit_set, batch_size=batch_size // world, sampler=order,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")  # fmt: skip
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=bars_off(progress), leave=False)
-            seen, epoch_start = 0, time.perf_counter()
+            seen, epoch_start, sums = 0, time.perf_counter(), {}  # sums: loss terms on the device, not yet in state
             for batch in bar:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 if cfg.train.channels_last:
@@ -264,6 +279,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 if scaler:
                     scaler.update()
                 state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().float()
                 if average:
                     average.update(model, state.global_step)
                 seen += len(batch["image"])
@@ -281,6 +298,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 every = cfg.train.checkpoint_every
                 if write and ((every and state.global_step % every == 0) or signals.received):
                     state.seconds = time.perf_counter() - start
+                    _fold_loss_sums(state, sums)
                     save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
                 if signals.received:
                     raise DefectmapError(
@@ -298,6 +316,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 {
                     "epoch": epoch + 1,
                     "train_loss": state.running,
+                    "losses": _epoch_losses(state, sums),
                     "val_loss": val_loss,
                     "averaged_weights": average is not None,  # val_loss is the average's (train.ema_decay)
                     "seconds": time.perf_counter() - start,

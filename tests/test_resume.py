@@ -1,5 +1,6 @@
 """Interrupted training: kill -9 and SIGTERM mid-run, resume, and end with the uninterrupted weights."""
 
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,11 @@ def test_killed_run_resumes_to_the_same_weights(how, extra, tiny_dataset, tmp_pa
     assert resumed.keys() == reference.keys()
     for key, value in reference.items():
         assert torch.equal(resumed[key], value), key
+    # history.json's per-epoch loss means count the steps before the interruption too
+    losses = [[epoch["losses"] for epoch in json.loads((run / "history.json").read_text())]
+              for run in (tmp_path / "uninterrupted", out)]  # fmt: skip
+    assert len(losses[0]) == 6 and all(epoch.keys() == {"loss", "mse"} and epoch["loss"] > 0 for epoch in losses[0])
+    assert losses[1] == [{k: pytest.approx(v, rel=1e-5) for k, v in epoch.items()} for epoch in losses[0]]
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):
