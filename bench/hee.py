@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from defectmap import engine
+from defectmap.calibration import recalibrate
 from defectmap.config import apply_overrides
 from defectmap.data.mvtec import open_category
 from defectmap.outputs import METRIC_NAMES
@@ -30,7 +31,7 @@ def main() -> None:
             model = engine.build_model(cfg)
             model.load_state_dict(base.model.state_dict())
             detector = engine.Detector(model.to(base.device).eval(), cfg, base.calibration, base.device, base.info)
-            detector.calibration = engine.recalibrate(detector, cfg.train.false_reject_rate)
+            detector.calibration = recalibrate(detector, cfg.train.false_reject_rate)
             report = engine.evaluate(detector, open_category(cfg.data), progress=False)
             row = {"checkpoint": checkpoint, "method": cfg.method, "hee": hee, **{m: report[m] for m in METRIC_NAMES}}
             rows.append(row)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from defectmap import engine
+from defectmap.calibration import calibrate_on_validation
 from defectmap.config import build_config
 from defectmap.data.dataset import ImageDataset
 from defectmap.data.mvtec import open_category
@@ -55,7 +56,7 @@ def main() -> None:
     rows = []
     for hee in (False, True):
         model = MeanImage(mean, std, hee, cfg.model.smoothing_sigma).eval()
-        calibration = engine.calibrate_on_validation(model, val_set, 16, device, cfg.train.false_reject_rate)
+        calibration = calibrate_on_validation(model, val_set, 16, device, cfg.train.false_reject_rate)
         report = engine.evaluate(engine.Detector(model, cfg, calibration, device, {}), category, progress=False)
         rows.append({"variant": "mean image + HEE" if hee else "mean image", **{m: report[m] for m in METRIC_NAMES}})
         print(f"{rows[-1]['variant']}: " + "  ".join(f"{m} {rows[-1][m]:.4f}" for m in METRIC_NAMES))

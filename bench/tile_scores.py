@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from defectmap import engine, metrics  # noqa: E402
+from defectmap.calibration import choose_tile_score, recalibrate  # noqa: E402
 from defectmap.data.mvtec import open_category  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def main() -> None:
         recorded = detector.config.data.tile_score
         detector.config.data.tile_score = "auto"  # choose again, as training does, on the validation normals
         normals = open_category(detector.config.data).val
-        validation = engine.choose_tile_score(detector.config, detector.model, normals, detector.device)
+        validation = choose_tile_score(detector.config, detector.model, normals, detector.device)[0]
         chosen, detector.config.data.tile_score = detector.config.data.tile_score, "window"
         dataset = engine.scoring_set(detector.config, samples)
         labels = []
@@ -56,7 +57,7 @@ def main() -> None:
         aurocs["chosen on validation"] = aurocs[reading]
         # The threshold training would now set: the false-reject rate on the validation normals, scored by the rule.
         detector.config.data.tile_score = chosen
-        threshold = engine.recalibrate(detector, detector.config.train.false_reject_rate)["threshold"]
+        threshold = recalibrate(detector, detector.config.train.false_reject_rate)["threshold"]
         chosen_scores, labels = np.array(scores[reading]), np.array(labels)
         decisions = {"threshold": threshold, "good_rejected": int(((chosen_scores > threshold) & (labels == 0)).sum()),
                      "defects_missed": int(((chosen_scores <= threshold) & (labels == 1)).sum())}  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from defectmap import distributed, engine, outputs, training, watch
 from defectmap.arguments import parser
+from defectmap.calibration import recalibrate
 from defectmap.checkpoint import load_checkpoint, update_calibration
 from defectmap.config import build_config, check_values, commented_yaml, resolve_config
 from defectmap.data.adapters import detect_format
@@ -194,7 +195,7 @@ def cmd_threshold(args: argparse.Namespace) -> None:
     _set_tile(detector, args.tile)
     defects = [sample for sample, _ in outputs.collect_images([args.defects])] if args.defects else None
     good = [sample for sample, _ in outputs.collect_images([args.good])] if args.good else None
-    calibration = engine.recalibrate(detector, args.fpr, defects, progress=not args.quiet, good=good)
+    calibration = recalibrate(detector, args.fpr, defects, progress=not args.quiet, good=good)
     update_calibration(args.checkpoint, calibration)
     print(f"threshold {calibration['threshold']:.6g} ({threshold_rule(calibration)}) saved in "
           f"{args.checkpoint}{_promise(calibration)}")  # fmt: skip

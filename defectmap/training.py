@@ -15,20 +15,14 @@ from tqdm.auto import tqdm
 
 from defectmap import distributed
 from defectmap.averaging import WeightAverage
+from defectmap.calibration import calibrate_on_validation, choose_tile_score
 from defectmap.checkpoint import atomic_write, save_checkpoint
 from defectmap.config import Config, config_to_dict, resolve_config
 from defectmap.data.dataset import AnomalyMixDataset, synthetic_probe
 from defectmap.data.mvtec import CategoryData, open_category
 from defectmap.data.synthetic import load_textures
 from defectmap.data.tiles import dataset_as_trained, foregrounds_as_trained
-from defectmap.engine import (
-    build_model,
-    calibrate_on_validation,
-    choose_tile_score,
-    resolve_device,
-    scoring_set,
-    seed_everything,
-)
+from defectmap.engine import build_model, resolve_device, scoring_set, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
 from defectmap.granularity import choose_granularity
 from defectmap.metrics import image_auroc
@@ -124,12 +118,13 @@ def calibrate_trained(cfg: Config, model: AnomalyModel, val_set: Dataset, device
         setattr(cfg.model, key, value)
         if progress:
             tqdm.write(f"calibration chose model.{key}={value}")
+    normals = None  # their scores and maps, where choosing the tiled image score has them
     if cfg.data.tile and cfg.data.tile_score == "auto":
-        choose_tile_score(cfg, model, val_set.samples, device, progress)
+        normals = choose_tile_score(cfg, model, val_set.samples, device, progress)[1]
     rate = cfg.train.false_reject_rate
     # Thresholds hold for what test and predict score: with data.tile, whole images stitched from their tiles.
     scored = scoring_set(cfg, val_set.samples) if cfg.data.tile else val_set
-    calibration = calibrate_on_validation(model, scored, cfg.train.eval_batch_size, device, rate, progress)
+    calibration = calibrate_on_validation(model, scored, cfg.train.eval_batch_size, device, rate, progress, normals)
     return {**calibration, "tile": cfg.data.tile, "tile_score": cfg.data.tile_score}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectmap.config import resolve_config
+from defectmap.config import apply_overrides, resolve_config
 from defectmap.data.demo import add_defect, fabric
 
 # Per-method overrides that keep tests fast on 2 CPU cores; every MODELS entry needs one.
@@ -53,6 +53,13 @@ def tiny_config(method: str, root: Path | str = "", category: str = "tiny", **tr
         "model": TINY_MODEL[method],
     }
     return resolve_config(values, method)
+
+
+def tiled_config(method: str, root: Path | str, **data):
+    """tiny_config scored on 24-pixel tiles, 8 pixels overlapping."""
+    cfg = tiny_config(method, root)
+    apply_overrides(cfg, {"data": {"tile": 24, "tile_overlap": 8, **data}})
+    return cfg
 
 
 def assert_trained_alike(a: dict, b: dict, close: float, far: float) -> None:

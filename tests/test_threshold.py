@@ -64,7 +64,7 @@ def test_recalibrating_an_exported_model_is_refused_before_any_work(tiny_dataset
     onnx = tmp_path / "model.onnx"
     assert main(["export", str(ckpt), "--out", str(onnx)]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(engine, "recalibrate", lambda *a, **k: pytest.fail("re-calibrated an exported model"))
+    monkeypatch.setattr("defectmap.cli.recalibrate", lambda *a, **k: pytest.fail("re-calibrated an exported model"))
     assert main(["threshold", str(onnx), "--fpr", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "exported model" in err and "model.ckpt, then export again" in err and err.count("\n") == 1

@@ -25,7 +25,7 @@ from defectmap.errors import ConfigError, DataError
 from defectmap.models.base import AnomalyModel, Output
 from defectmap.resume import epoch_order
 from defectmap.threshold import threshold_at_false_reject
-from tests.conftest import tiny_config, write_image
+from tests.conftest import tiled_config, tiny_config, write_image
 
 
 @pytest.mark.parametrize("height,width", [(256, 256), (300, 700), (100, 50), (513, 257)])
@@ -97,14 +97,8 @@ def test_tile_dataset_items_are_the_windows_scoring_cuts(cache, tmp_path):
         assert item["size"].tolist() == [y1 - y0, x1 - x0] and item["label"] == 0 and not item["mask"].any()
 
 
-def _tiled_config(method, root, **data):
-    cfg = tiny_config(method, root)
-    apply_overrides(cfg, {"data": {"tile": 24, "tile_overlap": 8, **data}})
-    return cfg
-
-
 def test_training_on_tiles_sets_the_threshold_on_what_test_and_predict_score(tiny_dataset, tmp_path, recwarn):
-    cfg = _tiled_config("ae", tiny_dataset)
+    cfg = tiled_config("ae", tiny_dataset)
     detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
     assert detector.config.data.tile == 24 and detector.calibration["tile"] == 24
     assert detector.config.data.tile_score in ("window", "map")  # data.tile_score=auto chose one, the checkpoint has it
@@ -171,7 +165,7 @@ def test_foreground_masks_are_cut_into_the_tiles_training_sees(tiny_dataset, tmp
 
 
 def test_choosing_the_map_filters_on_tiles_leaves_normalisation_out(tiny_dataset, tmp_path, capsys):
-    cfg = _tiled_config("ae", tiny_dataset)
+    cfg = tiled_config("ae", tiny_dataset)
     apply_overrides(cfg, {"postprocess": {"choose": "synthetic"}})
     detector = engine.load(training.fit(cfg, tmp_path / "run"), device="cpu")
     out = capsys.readouterr().out
@@ -197,7 +191,7 @@ def test_tiles_of_a_real_anomaly_carry_their_window_of_its_mask(tmp_path):
 
 def test_prn_learns_from_the_tiles_of_its_real_anomalies(tiny_dataset, tmp_path):
     foregrounds = str(_foregrounds(tiny_dataset, tmp_path / "fg"))  # extended anomalies land on their tiles' windows
-    cfg = _tiled_config("prn", tiny_dataset, anomalies=2, foreground_dir=foregrounds)
+    cfg = tiled_config("prn", tiny_dataset, anomalies=2, foreground_dir=foregrounds)
     detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
     assert detector.info["training_anomalies"]["count"] == 2 and detector.calibration["tile"] == 24
     report = engine.evaluate(detector, engine.test_split(detector), progress=False)
@@ -205,7 +199,7 @@ def test_prn_learns_from_the_tiles_of_its_real_anomalies(tiny_dataset, tmp_path)
 
 
 def test_synth_shows_the_tiles_training_cuts(tiny_dataset, tmp_path):
-    cfg = _tiled_config("prn", tiny_dataset)
+    cfg = tiled_config("prn", tiny_dataset)
     paths = write_synthetic_examples(cfg.data, tmp_path / "synth", count=3, progress=False)
     train = open_category(cfg.data).train
     tiles = TileDataset(train, 32, 24, 8, cache=False)
@@ -270,7 +264,7 @@ def test_training_on_tiles_without_the_cache_follows_their_epoch_order(tiny_data
     monkeypatch.setattr(
         TileDataset, "epoch_order", lambda self, *args: calls.append((len(self), *args)) or real(self, *args)
     )
-    cfg = _tiled_config("ae", tiny_dataset, cache=False)
+    cfg = tiled_config("ae", tiny_dataset, cache=False)
     apply_overrides(cfg, {"train": {"epochs": 2, "seed": 5}})
     training.fit(cfg, tmp_path / "run", progress=False)
     tiles = 4 * len(open_category(cfg.data).train)
@@ -306,83 +300,3 @@ def test_dataloader_workers_each_decode_only_the_images_dealt_to_them(monkeypatc
 
     assert decoded(order) == count
     assert decoded(tiles.epoch_order(3, 0)) > 1.5 * count  # not dealt out, each worker decodes nearly every image
-
-
-class WindowMeanModel(AnomalyModel):
-    """The red channel as map, each window scored by its mean: the highest window and the map's maximum differ."""
-
-    def forward(self, images):
-        maps = images[:, 0]
-        return Output(maps.flatten(1).mean(1), maps)
-
-
-@pytest.mark.parametrize("rule", ["window", "map", "auto"])
-def test_a_tiled_image_is_scored_by_its_highest_window_or_its_stitched_map(rule, tmp_path):
-    image = np.random.default_rng(2).random((90, 150, 3)).astype(np.float32)
-    path = write_image(tmp_path / "big.png", image)
-    dataset = ImageDataset([Sample(path, 0)], 40, tile=40, tile_overlap=10, tile_score=rule)
-    result = next(engine.infer(WindowMeanModel(), dataset, 3, torch.device("cpu")))
-    red = np.asarray(Image.open(path), dtype=np.float32)[:, :, 0] / 255
-    windows = [red[y0:y1, x0:x1].mean() for y0, y1, x0, x1 in tile_boxes(90, 150, 40, 10)]
-    # auto where training chose nothing (a model trained on whole images): the highest window, as before the choice
-    expected = red.max() if rule == "map" else max(windows)
-    assert result["score"] == pytest.approx(expected, abs=1e-5) and red.max() > max(windows) + 0.1
-
-
-class GreyDistanceModel(AnomalyModel):
-    """Maps how far each pixel is from grey; scores each window by that (`informative="window"`) or by nothing."""
-
-    def __init__(self, informative: str):
-        super().__init__()
-        self.informative = informative
-
-    def forward(self, images):
-        maps = (images - 0.5).abs().mean(1)
-        if self.informative == "window":
-            return Output(maps.flatten(1).amax(1), torch.zeros_like(maps))
-        return Output(torch.zeros(len(images)), maps)
-
-
-def _grey_images(folder, count=6):
-    return [Sample(write_image(folder / f"{i}.png", np.full((60, 70, 3), 0.5)), 0) for i in range(count)]
-
-
-@pytest.mark.parametrize("informative", ["window", "map"])
-def test_auto_tile_score_keeps_the_rule_that_tells_synthetic_defects_from_normals(informative, tmp_path):
-    cfg = _tiled_config("ae", tmp_path)
-    samples = _grey_images(tmp_path / "val")
-    aurocs = engine.choose_tile_score(cfg, GreyDistanceModel(informative), samples, torch.device("cpu"))
-    other = "map" if informative == "window" else "window"
-    assert cfg.data.tile_score == informative and aurocs[other] == 0.5 and aurocs[informative] > 0.8
-
-
-def test_the_tiled_probe_is_each_normal_as_scored_and_a_copy_with_a_defect_fixed_per_seed(tmp_path):
-    cfg = _tiled_config("ae", tmp_path)
-    samples = _grey_images(tmp_path / "val", 3)
-    probe = tiles_module.TiledProbe(samples, cfg.data, 5)
-    scored = engine.scoring_set(cfg, samples)
-    assert len(probe) == 6 and [int(probe[i]["label"]) for i in range(6)] == [0, 0, 0, 1, 1, 1]
-    for index in range(3):
-        assert torch.equal(probe[index]["tiles"], scored[index]["tiles"])
-        anomalous = probe[3 + index]["tiles"]
-        assert torch.equal(probe[3 + index]["boxes"], scored[index]["boxes"])
-        assert not torch.equal(anomalous, scored[index]["tiles"])  # a defect in some window
-        assert torch.equal(anomalous, tiles_module.TiledProbe(samples, cfg.data, 5)[3 + index]["tiles"])
-    assert not torch.equal(probe[3]["tiles"], tiles_module.TiledProbe(samples, cfg.data, 6)[3]["tiles"])
-
-
-@pytest.mark.parametrize("method", ["daad", "pmb"])
-def test_memory_models_train_on_tiles_and_score_images_by_the_rule_they_chose(method, tiny_dataset, tmp_path):
-    cfg = _tiled_config(method, tiny_dataset)
-    detector = engine.load(training.fit(cfg, tmp_path / "run", progress=False), device="cpu")
-    rule = detector.config.data.tile_score
-    assert rule in ("window", "map")
-    test = open_category(cfg.data).test
-    rows = list(engine.predict(detector, test, progress=False))
-    assert len(rows) == len(test) and all(np.isfinite(row["map"]).all() for row in rows)
-    assert detector.calibration["tile_score"] == rule  # the threshold was set by the rule
-    detector.config.data.tile_score = "window" if rule == "map" else "map"  # the other rule: its threshold is flagged
-    with pytest.warns(UserWarning, match="threshold was set on 24-pixel tiles.* and these are scored as 24-pixel"):
-        other = [row["score"] for row in engine.predict(detector, test, progress=False)]
-    by_map = other if rule == "window" else [row["score"] for row in rows]
-    assert by_map == pytest.approx([float(row["map"].max()) for row in rows])
