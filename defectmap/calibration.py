@@ -33,20 +33,20 @@ def choose_tile_score(
     probe = TiledProbe(samples, cfg.data, cfg.train.seed + 11)
     results = tqdm(infer(model, probe, cfg.train.eval_batch_size, device), "choosing the tiled image score",
                    len(probe), disable=bars_off(progress), leave=False)  # fmt: skip
-    labels, windows, maps, normal_maps = [], [], [], []
+    labels, windows, maps, normals = [], [], [], []  # normals: (window, map maximum, stitched map) each
     for result in results:  # the probe scores each image by its highest window; the map's maximum is read beside it
         labels.append(int(result["index"] >= len(samples)))
         windows.append(result["score"])
         maps.append(float(result["map"].max()))
         if not labels[-1]:
-            normal_maps.append(result["map"])
+            normals.append((windows[-1], maps[-1], result["map"]))
     aurocs = {"window": metrics.image_auroc(labels, windows), "map": metrics.image_auroc(labels, maps)}
     cfg.data.tile_score = "map" if aurocs["map"] > aurocs["window"] else "window"
     if progress:
         tqdm.write(f"synthetic image AUROC of tiled images: highest window {aurocs['window']:.3f}, stitched map "
                    f"maximum {aurocs['map']:.3f}; chose data.tile_score={cfg.data.tile_score}")  # fmt: skip
-    chosen = maps if cfg.data.tile_score == "map" else windows
-    return aurocs, list(zip(chosen[: len(normal_maps)], normal_maps, strict=True))
+    by_map = cfg.data.tile_score == "map"
+    return aurocs, [(maximum if by_map else window, stitched) for window, maximum, stitched in normals]
 
 
 def _validation_calibration(
