@@ -52,19 +52,22 @@ def main(argv: list[str] | None = None) -> None:
             run_dir = args.out / args.model / name.replace(" ", "_") / f"seed{seed}"
             report = run_one((name, args.model, None), args.out / "data", "large_fabric", seed, sets, run_dir)
             keys = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "good_rejected", "defects_missed")
+            # A run trained outside the script (`defectmap train` + `test`, moved into run_dir) has no train_seconds.
+            seconds = report.get("train_seconds")
             rows.append({"model": args.model, "variant": name, "seed": seed, "sets": sets,
-                         "train_seconds": report["train_seconds"], **{k: report[k] for k in keys},
+                         "train_seconds": seconds, **{k: report[k] for k in keys},
                          "tiling": report.get("tiling")})  # fmt: skip
             print(f"{name}, seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in keys[:4])
-                  + f", {report['train_seconds']:.0f} s", flush=True)  # fmt: skip
+                  + (f", {seconds:.0f} s" if seconds is not None else ""), flush=True)  # fmt: skip
     print("\n| model input | seeds | image AUROC | pixel AUROC | AU-PRO@0.3 | pixel AP | train s |")
     print("|---|---|---|---|---|---|---|")
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
         cells = [f"{np.mean([r[k] for r in mine]):.3f} ± {np.std([r[k] for r in mine], ddof=1):.3f}"
                  for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")]  # fmt: skip
-        seconds = np.mean([r["train_seconds"] for r in mine])
-        print(f"| {name} | {len(mine)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        timed = [r["train_seconds"] for r in mine if r["train_seconds"] is not None]
+        seconds = f"{np.mean(timed):.0f}" if timed else "n/a"
+        print(f"| {name} | {len(mine)} | " + " | ".join(cells) + f" | {seconds} |")
     summary = {"model": args.model, "size": args.size, "input": args.input, "runs": rows}
     (args.out / f"tiles_{args.model}.json").write_text(json.dumps(summary, indent=2))
 

@@ -29,11 +29,7 @@ from defectmap.export import load_exported
 from defectmap.models import MODELS, AnomalyModel
 from defectmap.progress import bars_off
 from defectmap.regions import region_figures, region_hits
-from defectmap.threshold import (
-    OUTLOOK_KEYS,
-    calibration_outlook,
-    normalise,
-)
+from defectmap.threshold import OUTLOOK_KEYS, calibration_outlook, normalise
 
 
 @dataclass
