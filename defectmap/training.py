@@ -64,6 +64,12 @@ def _epoch_losses(state: TrainState, sums: dict[str, torch.Tensor]) -> dict[str,
     return means
 
 
+def _terms(losses: dict[str, float]) -> str:
+    """The epoch line's loss terms, where the loss has more than one (DAAD+: reconstruction, adversarial, ...)."""
+    terms = {name: value for name, value in losses.items() if name != "loss"}
+    return " (" + ", ".join(f"{name} {value:.4g}" for name, value in terms.items()) + ")" if len(terms) > 1 else ""
+
+
 def _normal_batches(train_set: Dataset, batch_size: int, device, progress: bool):
     """The training normals for `model.prepare`; the bar appears only if the model reads them (PRN's prototypes)."""
     for batch in tqdm(DataLoader(train_set, batch_size=batch_size), desc="fitting to the training normals",
@@ -318,7 +324,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 }
             )
             if progress:
-                tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}  val loss {val_loss:.5g}")
+                tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}{_terms(state.history[-1]['losses'])}  "
+                           f"val loss {val_loss:.5g}")  # fmt: skip
             state.stale = 0 if improved else state.stale + 1
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.seconds = time.perf_counter() - start

@@ -1,5 +1,7 @@
 """Training options: mixed precision and channels-last run and change the arithmetic; bad values are clear."""
 
+import json
+
 import pytest
 import torch
 
@@ -68,3 +70,16 @@ def test_training_without_validation_images_warns_that_the_threshold_comes_from_
     apply_overrides(cfg, {"data": {"val_fraction": 0.0}})
     with pytest.warns(UserWarning, match="no validation images .* hold some out with data.val_fraction"):
         training.fit(cfg, tmp_path / "run", progress=False)
+
+
+def test_the_epoch_line_and_history_give_each_loss_term_of_a_model_with_several(tiny_dataset, tmp_path, capsys):
+    training.fit(tiny_config("daad", tiny_dataset, epochs=2), tmp_path / "daad")  # DAAD+: generator and discriminator
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    history = json.loads((tmp_path / "daad" / "history.json").read_text())
+    assert len(lines) == len(history) == 2
+    for line, epoch in zip(lines, history, strict=True):
+        terms = epoch["losses"]
+        assert {"mse", "adversarial", "feature_matching", "discriminator_loss", "loss"} <= terms.keys()
+        assert f"discriminator_loss {terms['discriminator_loss']:.4g}" in line and "val loss" in line
+    training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "ae")  # one term: the line stays short
+    assert "(" not in capsys.readouterr().out.split("epoch 1: ")[1].splitlines()[0]
