@@ -3,7 +3,7 @@ scored on tiles of the original (`data.tile`), same input size (`--model` for an
 
 The data is the demo's woven fabric at `--size` pixels (default 640), each defect painted inside one random 96-pixel
 window, so a hole is 2-6 pixels across in the full image (about 0.5-1 pixel once the whole image is 128²). Written
-to OUT/data, MVTec layout. Prints a table and writes OUT/tiles_MODEL.json:
+to OUT/data, MVTec layout. Prints a table and writes OUT/tiles_MODEL.json (with every run's per-epoch history):
 
     python bench/tiles.py --out runs/tiles --seeds 3
     python bench/tiles.py --out runs/tiles --seeds 3 --model prn --whole-epochs 12 --tile-epochs 3 \
@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
             keys = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "good_rejected", "defects_missed")
             # A run trained outside the script (`defectmap train` + `test`, moved into run_dir) has no train_seconds.
             seconds = report.get("train_seconds")
+            history = json.loads((run_dir / "history.json").read_text())  # per epoch: losses, each term's mean
             rows.append({"model": args.model, "variant": name, "seed": seed, "sets": sets,
                          "train_seconds": seconds, **{k: report[k] for k in keys},
-                         "tiling": report.get("tiling")})  # fmt: skip
+                         "tiling": report.get("tiling"), "history": history})  # fmt: skip
             print(f"{name}, seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in keys[:4])
                   + (f", {seconds:.0f} s" if seconds is not None else ""), flush=True)  # fmt: skip
     print("\n| model input | seeds | image AUROC | pixel AUROC | AU-PRO@0.3 | pixel AP | train s |")
