@@ -1,12 +1,18 @@
 """Where DAAD+'s discriminator carries anomaly evidence: image AUROC of latent distances at every layer.
 
-    python bench/daad_latent.py RUN/model.ckpt [RUN2/model.ckpt ...] [--out bench/results/daad_latent.json]
+    python bench/daad_latent.py RUN/model.ckpt [RUN2/model.ckpt ...] [--retrain-discriminator STEPS]
+        [--out bench/results/daad_latent.json]
 
 DAAD+ scores an image by the distance between the discriminator's latent features of the image and of its
 reconstruction (`Discriminator` averages the last layer over positions). Small defects may vanish in that
 average, so every layer is also scored per position: the squared feature difference averaged over channels,
 then reduced over positions by mean and by max. Each score is rated by image AUROC on the test split and on
 the synthetic validation probe (the anomaly-free set DAAD+ chooses its fusion on), next to the map maximum.
+
+With `--retrain-discriminator STEPS` the checkpoint's discriminator is replaced by a fresh one (same architecture,
+seed 0) trained for STEPS Adam steps (train.lr, batch 16, the BCE loss) to tell the training normals from the
+checkpoint's fixed reconstructions of them, then scored the same way: is a discriminator that has learned the task
+(its mean loss over the last 50 steps is reported) any better than the one adversarial training left?
 """
 
 import argparse
@@ -15,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from daad_fusion import load_daad_plus  # bench/ is the script's folder, so on sys.path
 from torch import nn
 from torch.utils.data import DataLoader
@@ -22,6 +29,7 @@ from torch.utils.data import DataLoader
 from defectmap import metrics
 from defectmap.data.dataset import ImageDataset, collate
 from defectmap.data.mvtec import open_category
+from defectmap.models.daad import Discriminator
 from defectmap.training import probe_batches
 
 
@@ -56,19 +64,49 @@ def scores(model, batches) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return torch.cat(labels).numpy(), {name: torch.cat(values).numpy() for name, values in columns.items()}
 
 
+def retrain_discriminator(model, normals: torch.Tensor, steps: int, lr: float) -> float:
+    """Replace model.discriminator by a fresh one trained on normals vs their reconstructions; its mean loss over
+    the last 50 steps (chance: 2 ln 2 = 1.386)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        recon = torch.cat([model.reconstruct(chunk)[0] for chunk in normals.split(32)])
+    discriminator = Discriminator(model.cfg.discriminator_channels)
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr)
+    generator, losses = torch.Generator().manual_seed(0), []
+    for _ in range(steps):
+        pick = torch.randint(len(normals), (min(16, len(normals)),), generator=generator)
+        real, fake = discriminator(normals[pick])[0], discriminator(recon[pick])[0]
+        loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+        loss = loss + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.discriminator = discriminator.eval()
+    return float(np.mean(losses[-50:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--retrain-discriminator", type=int, default=0, metavar="STEPS")
     parser.add_argument("--out", default="bench/results/daad_latent.json")
     args = parser.parse_args()
     rows = []
     for checkpoint in args.checkpoints:
         _, model, cfg = load_daad_plus(checkpoint)
         category = open_category(cfg.data)
+        row = {"checkpoint": checkpoint, "test": {}, "synthetic_probe": {}}
+        if args.retrain_discriminator:
+            normals = torch.stack([item["image"] for item in ImageDataset(category.train, cfg.data.image_size)])
+            row["retrained_discriminator"] = {
+                "steps": args.retrain_discriminator,
+                "final_loss_last50": retrain_discriminator(model, normals, args.retrain_discriminator, cfg.train.lr),
+            }
+            print(f"{checkpoint}: fresh discriminator, loss {row['retrained_discriminator']['final_loss_last50']:.3f}")
         test = ImageDataset(category.test, cfg.data.image_size)
         test_batches = ((b["image"], b["label"]) for b, _ in DataLoader(test, batch_size=32, collate_fn=collate))
         val_set = ImageDataset(category.val, cfg.data.image_size, cache=True)
-        row = {"checkpoint": checkpoint, "test": {}, "synthetic_probe": {}}
         for split, batches in (("test", test_batches), ("synthetic_probe", probe_batches(cfg, val_set, "cpu"))):
             labels, columns = scores(model, batches)
             row[split] = {name: metrics.image_auroc(labels, values) for name, values in columns.items()}

@@ -236,8 +236,9 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if world > 1:
         distributed.broadcast_state(model)  # prototypes and memories fitted in prepare: rank 0's everywhere
     groups = model.optimizer_groups()
+    scales = model.lr_scales()
     optimizers = {
-        name: torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        name: torch.optim.Adam(params, lr=cfg.train.lr * scales.get(name, 1.0), weight_decay=cfg.train.weight_decay)
         for name, params in groups.items()
     }
     write = rank == 0

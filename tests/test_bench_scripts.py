@@ -242,3 +242,26 @@ def test_rejects_script_counts_decisions_at_the_checkpoint_threshold(tmp_path):
     assert row["promised"] == {"calibration_images": 30, "expected": pytest.approx(3 / 31), "at_most": 1}
     bad = subprocess.run([*args[:3], f"{metrics},{metrics}"], capture_output=True, text=True)
     assert bad.returncode == 2 and "one metrics.json per checkpoint" in bad.stderr
+
+
+def test_daad_latent_script_retrains_a_discriminator_that_learns_and_scores_every_layer(tiny_dataset, tmp_path):
+    # bench/daad_latent.py --retrain-discriminator: a fresh discriminator on the checkpoint's fixed reconstructions.
+    from tests.conftest import tiny_config
+
+    ckpt = training.fit(tiny_config("daad", tiny_dataset), tmp_path / "run", progress=False)
+    script = Path(__file__).resolve().parents[1] / "bench" / "daad_latent.py"
+    figures = {}
+    for steps in (0, 100):
+        out = tmp_path / f"latent{steps}.json"
+        args = [sys.executable, str(script), str(ckpt), "--retrain-discriminator", str(steps), "--out", str(out)]
+        result = subprocess.run(args, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        figures[steps] = json.loads(out.read_text())[0]
+    assert "retrained_discriminator" not in figures[0]
+    retrained = figures[100]["retrained_discriminator"]
+    assert retrained["final_loss_last50"] < 2 * np.log(2) - 0.1  # it learned: below chance
+    for row in figures.values():
+        assert {"map max", "layer 0 position max", "layer 1 pooled"} <= row["test"].keys()
+        assert all(0 <= auroc <= 1 for auroc in row["test"].values())
+    assert figures[0]["test"]["map max"] == figures[100]["test"]["map max"]  # the map does not use the discriminator
+    assert figures[0]["test"]["layer 1 pooled"] != figures[100]["test"]["layer 1 pooled"]

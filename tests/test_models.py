@@ -1,6 +1,7 @@
 """One contract test over every entry of MODELS."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from defectmap.checkpoint import load_checkpoint, save_checkpoint
 from defectmap.config import config_to_dict
 from defectmap.engine import build_model, load
+from defectmap.errors import ConfigError
 from defectmap.models import MODELS
 from tests.conftest import TINY_MODEL, tiny_config
 
@@ -129,3 +131,32 @@ def test_daad_records_the_chosen_fusion_weight(tiny_dataset, tmp_path):
     saved = torch.load(ckpt, weights_only=True)["config"]["model"]
     assert saved["fusion"] == "synthetic" and saved["latent_weight"] in saved["fusion_weights"]
     assert load(ckpt, device="cpu").model.cfg.latent_weight == saved["latent_weight"]
+
+
+@pytest.mark.parametrize(("gan_loss", "chance"), [("bce", 2 * math.log(2)), ("hinge", 2.0)])
+def test_daad_gan_losses_sit_at_chance_for_an_undecided_discriminator_and_fall_for_a_sure_one(gan_loss, chance):
+    cfg = copy.deepcopy(tiny_config("daad"))
+    cfg.model.gan_loss = gan_loss
+    model = build_model(cfg)
+    undecided = torch.zeros(2, 4, 4)
+    assert model._discriminator_objective(undecided, undecided).item() == pytest.approx(chance)
+    sure = model._discriminator_objective(undecided + 3, undecided - 3).item()  # real high, reconstruction low
+    assert sure < 0.1 * chance
+    # The generator's term falls as the discriminator takes reconstructions for real images.
+    assert model._generator_adversarial(undecided + 3) < model._generator_adversarial(undecided)
+    assert model._generator_adversarial(undecided - 3) > model._generator_adversarial(undecided)
+
+
+def test_daad_discriminator_trains_at_its_own_learning_rate(tiny_dataset, tmp_path):
+    from defectmap import training
+    from defectmap.config import apply_overrides
+
+    cfg = tiny_config("daad", tiny_dataset, epochs=1)
+    apply_overrides(cfg, {"train": {"lr": 2e-3}, "model": {"discriminator_lr_scale": 4, "gan_loss": "hinge"}})
+    training.fit(cfg, tmp_path / "run", progress=False)
+    saved = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["optimizers"]
+    rates = {name: [group["lr"] for group in state["param_groups"]] for name, state in saved.items()}
+    assert rates == {"loss": [2e-3], "discriminator_loss": [8e-3]}
+    cfg.model.gan_loss = "wasserstein"
+    with pytest.raises(ConfigError, match="model.gan_loss must be bce or hinge"):
+        build_model(cfg)

@@ -43,6 +43,10 @@ class AnomalyModel(nn.Module):
         """Loss name -> parameters it updates; the engine steps one optimizer per entry, in order."""
         return {"loss": [p for p in self.parameters() if p.requires_grad]}
 
+    def lr_scales(self) -> dict[str, float]:
+        """Loss name -> factor on train.lr for that entry's optimizer (default: none, every optimizer at train.lr)."""
+        return {}
+
     def load_weights(self) -> None:
         """Load the pretrained weights training starts from (default: none). `train` calls it before it decodes any
         image, so a missing weights file is the first error; a checkpoint carries the weights, so loading one never

@@ -62,7 +62,12 @@ class DAADConfig:
     entropy_weight: float = 2e-4  # MemAE's sparse-addressing term
     ssim_weight: float = 0.0  # reconstruction loss = MSE + ssim_weight * (1 - SSIM)
     adversarial: bool = True  # DAAD+ (discriminator, adversarial and feature-matching losses); false = DAAD
-    adversarial_weight: float = 0.01  # non-saturating BCE generator loss
+    adversarial_weight: float = 0.01  # weight of the generator's adversarial term
+    # bce: non-saturating BCE for both players | hinge: the discriminator's hinge loss, the generator's -D(x_hat)
+    # (METHODS.md allows either; chance level is 2 ln 2 = 1.386 for bce and 2 for hinge).
+    gan_loss: str = "bce"
+    # The discriminator's Adam learning rate = train.lr x this (two time-scale updates, TTUR, Heusel et al. 2017).
+    discriminator_lr_scale: float = 1.0
     feature_matching_weight: float = 1.0  # ||f_D(x) - f_D(x_hat)||^2 on the discriminator's latent features
     discriminator_channels: tuple[int, ...] = (32, 64, 128, 256)  # one stride-2 stage each (DAAD+)
     latent_weight: float = 0.5  # share of the normalised latent distance in the image score (DAAD+)
@@ -131,6 +136,7 @@ class DAAD(AnomalyModel):
         "memory_items",
         "temperature",
         "discriminator_channels",
+        "discriminator_lr_scale",
     )
 
     def __init__(self, cfg: DAADConfig, post: PostprocessConfig | None = None):
@@ -141,6 +147,8 @@ class DAAD(AnomalyModel):
             raise ConfigError(f"model.memory_levels must be below the deepest level {len(cfg.channels) - 1}")
         if cfg.fusion not in ("synthetic", "fixed"):
             raise ConfigError(f"model.fusion must be synthetic or fixed, got '{cfg.fusion}'")
+        if cfg.gan_loss not in ("bce", "hinge"):
+            raise ConfigError(f"model.gan_loss must be bce or hinge, got '{cfg.gan_loss}'")
         if cfg.granularity not in ("manual", "auto") and not cfg.granularity.startswith("auto:"):
             raise ConfigError(f"model.granularity must be manual or auto, got '{cfg.granularity}'")
         self.cfg = cfg
@@ -206,6 +214,9 @@ class DAAD(AnomalyModel):
             groups["discriminator_loss"] = list(self.discriminator.parameters())
         return groups
 
+    def lr_scales(self) -> dict[str, float]:
+        return {"discriminator_loss": self.cfg.discriminator_lr_scale} if self.discriminator is not None else {}
+
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         target = rebuild_target(batch)  # the clean image: what the reconstruction and the discriminator see as real
         recon, weights = self.reconstruct(batch["image"])
@@ -220,16 +231,25 @@ class DAAD(AnomalyModel):
         if self.discriminator is not None:
             real_logits, real_latent = self.discriminator(target)
             fake_logits, fake_latent = self.discriminator(recon)
-            losses["adversarial"] = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+            losses["adversarial"] = self._generator_adversarial(fake_logits)
             losses["feature_matching"] = F.mse_loss(fake_latent, real_latent.detach())
             total = total + self.cfg.adversarial_weight * losses["adversarial"]
             total = total + self.cfg.feature_matching_weight * losses["feature_matching"]
             detached_logits, _ = self.discriminator(recon.detach())
-            losses["discriminator_loss"] = F.binary_cross_entropy_with_logits(
-                real_logits, torch.ones_like(real_logits)
-            ) + F.binary_cross_entropy_with_logits(detached_logits, torch.zeros_like(detached_logits))
+            losses["discriminator_loss"] = self._discriminator_objective(real_logits, detached_logits)
         losses["loss"] = total
         return losses
+
+    def _generator_adversarial(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg.gan_loss == "hinge":
+            return -fake_logits.mean()
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+    def _discriminator_objective(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg.gan_loss == "hinge":
+            return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+        real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+        return real + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def validation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # Early stopping follows reconstruction quality; adversarial terms oscillate by design.
