@@ -10,9 +10,10 @@ then reduced over positions by mean and by max. Each score is rated by image AUR
 the synthetic validation probe (the anomaly-free set DAAD+ chooses its fusion on), next to the map maximum.
 
 With `--retrain-discriminator STEPS` the checkpoint's discriminator is replaced by a fresh one (same architecture,
-seed 0) trained for STEPS Adam steps (train.lr, batch 16, the BCE loss) to tell the training normals from the
-checkpoint's fixed reconstructions of them, then scored the same way: is a discriminator that has learned the task
-(its mean loss over the last 50 steps is reported) any better than the one adversarial training left?
+seed 0) trained for STEPS Adam steps (batch 16, the checkpoint's discriminator learning rate and model.gan_loss) to
+tell the training normals from the checkpoint's fixed reconstructions of them, then scored the same way: is a
+discriminator that has learned the task (its mean loss over the last 50 steps is reported) any better than the one
+adversarial training left?
 """
 
 import argparse
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from daad_fusion import load_daad_plus  # bench/ is the script's folder, so on sys.path
 from torch import nn
 from torch.utils.data import DataLoader
@@ -66,7 +66,7 @@ def scores(model, batches) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 def retrain_discriminator(model, normals: torch.Tensor, steps: int, lr: float) -> float:
     """Replace model.discriminator by a fresh one trained on normals vs their reconstructions; its mean loss over
-    the last 50 steps (chance: 2 ln 2 = 1.386)."""
+    the last 50 steps (chance: 2 ln 2 = 1.386 with the BCE loss, 2 with the hinge loss)."""
     torch.manual_seed(0)
     with torch.no_grad():
         recon = torch.cat([model.reconstruct(chunk)[0] for chunk in normals.split(32)])
@@ -76,8 +76,7 @@ def retrain_discriminator(model, normals: torch.Tensor, steps: int, lr: float) -
     for _ in range(steps):
         pick = torch.randint(len(normals), (min(16, len(normals)),), generator=generator)
         real, fake = discriminator(normals[pick])[0], discriminator(recon[pick])[0]
-        loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-        loss = loss + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        loss = model.discriminator_objective(real, fake)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -98,10 +97,11 @@ def main() -> None:
         category = open_category(cfg.data)
         row = {"checkpoint": checkpoint, "test": {}, "synthetic_probe": {}}
         if args.retrain_discriminator:
+            lr = cfg.train.lr * model.lr_scales()["discriminator_loss"]
             normals = torch.stack([item["image"] for item in ImageDataset(category.train, cfg.data.image_size)])
             row["retrained_discriminator"] = {
                 "steps": args.retrain_discriminator,
-                "final_loss_last50": retrain_discriminator(model, normals, args.retrain_discriminator, cfg.train.lr),
+                "final_loss_last50": retrain_discriminator(model, normals, args.retrain_discriminator, lr),
             }
             print(f"{checkpoint}: fresh discriminator, loss {row['retrained_discriminator']['final_loss_last50']:.3f}")
         test = ImageDataset(category.test, cfg.data.image_size)

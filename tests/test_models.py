@@ -139,12 +139,12 @@ def test_daad_gan_losses_sit_at_chance_for_an_undecided_discriminator_and_fall_f
     cfg.model.gan_loss = gan_loss
     model = build_model(cfg)
     undecided = torch.zeros(2, 4, 4)
-    assert model._discriminator_objective(undecided, undecided).item() == pytest.approx(chance)
-    sure = model._discriminator_objective(undecided + 3, undecided - 3).item()  # real high, reconstruction low
+    assert model.discriminator_objective(undecided, undecided).item() == pytest.approx(chance)
+    sure = model.discriminator_objective(undecided + 3, undecided - 3).item()  # real high, reconstruction low
     assert sure < 0.1 * chance
     # The generator's term falls as the discriminator takes reconstructions for real images.
-    assert model._generator_adversarial(undecided + 3) < model._generator_adversarial(undecided)
-    assert model._generator_adversarial(undecided - 3) > model._generator_adversarial(undecided)
+    assert model.generator_adversarial(undecided + 3) < model.generator_adversarial(undecided)
+    assert model.generator_adversarial(undecided - 3) > model.generator_adversarial(undecided)
 
 
 def test_daad_discriminator_trains_at_its_own_learning_rate(tiny_dataset, tmp_path):

@@ -231,21 +231,21 @@ class DAAD(AnomalyModel):
         if self.discriminator is not None:
             real_logits, real_latent = self.discriminator(target)
             fake_logits, fake_latent = self.discriminator(recon)
-            losses["adversarial"] = self._generator_adversarial(fake_logits)
+            losses["adversarial"] = self.generator_adversarial(fake_logits)
             losses["feature_matching"] = F.mse_loss(fake_latent, real_latent.detach())
             total = total + self.cfg.adversarial_weight * losses["adversarial"]
             total = total + self.cfg.feature_matching_weight * losses["feature_matching"]
             detached_logits, _ = self.discriminator(recon.detach())
-            losses["discriminator_loss"] = self._discriminator_objective(real_logits, detached_logits)
+            losses["discriminator_loss"] = self.discriminator_objective(real_logits, detached_logits)
         losses["loss"] = total
         return losses
 
-    def _generator_adversarial(self, fake_logits: torch.Tensor) -> torch.Tensor:
+    def generator_adversarial(self, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.gan_loss == "hinge":
             return -fake_logits.mean()
         return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
-    def _discriminator_objective(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    def discriminator_objective(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.gan_loss == "hinge":
             return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
         real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
