@@ -70,6 +70,10 @@ class TrainConfig:
     seed: int = 0  # initialisation, image order and synthetic anomalies
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
+    # Which epoch's weights are kept, and what patience counts: loss (the validation loss, lowest) | probe (the
+    # validation normals with synthetic anomalies pasted in: mean of the image AUROC of each map's maximum and the
+    # pixel AUROC, highest; no real anomaly involved, as model.granularity=auto).
+    select: str = "loss"
     max_minutes: float = 0.0  # wall-clock budget for training; 0 means none
     eval_batch_size: int = 16  # images per batch in validation, test and predict
     false_reject_rate: float = 0.01  # share of held-out good images above the threshold
@@ -250,6 +254,8 @@ def check_values(cfg: Config) -> None:
         raise ConfigError(f"train.ema_decay must be in [0, 1) (0 turns averaging off), got {cfg.train.ema_decay}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be above 0, got {cfg.train.lr}")
+    if cfg.train.select not in ("loss", "probe"):
+        raise ConfigError(f"train.select must be loss or probe, got '{cfg.train.select}'")
     check_rate("train.false_reject_rate", cfg.train.false_reject_rate)
     for name in ("near_copy_similarity", "unseen_parts"):
         if not 0 <= getattr(cfg.data, name) <= 1:

@@ -34,11 +34,23 @@ def threshold_rule(calibration: dict) -> str:
     return "rule not recorded"
 
 
+def kept_epoch(history: list[dict]) -> tuple[dict | None, str, float | None]:
+    """(the history row whose weights training kept, the measure it was kept on, its value): the lowest validation
+    loss, or with train.select=probe the highest synthetic-probe quality (the first such epoch either way)."""
+    if not history:
+        return None, "", None
+    if "probe" in history[0]:
+        best = max(history, key=lambda epoch: epoch["probe"]["quality"])
+        return best, "synthetic-probe quality", best["probe"]["quality"]
+    best = min(history, key=lambda epoch: epoch["val_loss"])
+    return best, "validation loss", best["val_loss"]
+
+
 def describe(detector) -> dict:
     """Everything `info` prints, as JSON-ready values (absent records are None: older checkpoints, exports)."""
     cfg, cal, info = detector.config, detector.calibration, detector.info
     history = info.get("history") or []
-    best = min(history, key=lambda epoch: epoch["val_loss"]) if history else None
+    best, measure, value = kept_epoch(history)
     model = detector.model
     return {
         "method": cfg.method,
@@ -56,6 +68,7 @@ def describe(detector) -> dict:
         "epochs": len(history) or None,
         "best_epoch": best["epoch"] if best else None,
         "best_val_loss": best["val_loss"] if best else None,
+        "kept_on": {"measure": measure, "value": value} if best else None,
         "averaged_weights": bool(best and best.get("averaged_weights")),
         "training_seconds": history[-1]["seconds"] if history else None,
         "postprocess": dataclasses.asdict(cfg.postprocess),
@@ -98,7 +111,7 @@ def describe_lines(d: dict) -> list[str]:
         weights = "averaged weights" if d["averaged_weights"] else "weights"
         epochs = f"{d['epochs']} epoch{'s' * (d['epochs'] != 1)}"
         lines.append(f"  training:     {epochs} in {minutes} min {seconds} s; the {weights} of epoch "
-                     f"{d['best_epoch']} kept (validation loss {d['best_val_loss']:.5g})")  # fmt: skip
+                     f"{d['best_epoch']} kept ({d['kept_on']['measure']} {d['kept_on']['value']:.5g})")  # fmt: skip
     post = d["postprocess"]
     filters = [name for name, key in (("HEE", "hee"), ("position normalisation", "normalize")) if post[key]]
     lines.append(f"  map filters:  {', '.join(filters) or 'none'}")

@@ -33,16 +33,19 @@ from defectmap.progress import bars_off
 
 @torch.no_grad()
 def synthetic_validation_scores(model, dataset: ConcatDataset, batch_size: int, device) -> dict[str, float]:
-    """Image and pixel AUROC of `model` on validation normals with synthetic anomalies (model resolution)."""
+    """Image AUROC (of the model's score and of each map's maximum) and pixel AUROC of `model` on validation normals
+    with synthetic anomalies (model resolution)."""
     model.eval()
-    labels, scores, masks, maps = [], [], [], []
+    labels, scores, peaks, masks, maps = [], [], [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size):
         out = model(batch["image"].to(device))
         labels += batch["label"].tolist()
-        scores += out.score.cpu().tolist()
+        scores += out.score.float().cpu().tolist()
+        peaks += out.anomaly_map.flatten(1).amax(1).float().cpu().tolist()
         masks += [m.numpy() > 0.5 for m in batch["mask"]]
         maps += [m.float().cpu().numpy() for m in out.anomaly_map]
     return {"image_auroc": metrics.image_auroc(np.array(labels), np.array(scores)),
+            "map_max_auroc": metrics.image_auroc(np.array(labels), np.array(peaks)),
             "pixel_auroc": metrics.pixel_auroc(masks, maps)}  # fmt: skip
 
 

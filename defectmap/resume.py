@@ -25,8 +25,8 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # batches done in the current epoch
     global_step: int = 0
-    best_loss: float = math.inf
-    stale: int = 0  # epochs since the validation loss last improved
+    best_loss: float = math.inf  # of the selection measure, lower is better (train.select=probe: -quality)
+    stale: int = 0  # epochs since the selection measure (train.select) last improved
     running: float = 0.0  # smoothed training loss shown in the progress bar
     seconds: float = 0.0  # training time so far, across resumptions
     history: list[dict] = field(default_factory=list)

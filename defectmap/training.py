@@ -24,7 +24,7 @@ from defectmap.data.synthetic import load_textures
 from defectmap.data.tiles import dataset_as_trained, foregrounds_as_trained
 from defectmap.engine import build_model, resolve_device, scoring_set, seed_everything
 from defectmap.errors import ConfigError, DefectmapError
-from defectmap.granularity import choose_granularity
+from defectmap.granularity import choose_granularity, synthetic_validation_scores
 from defectmap.metrics import image_auroc
 from defectmap.models import AnomalyModel
 from defectmap.progress import bars_off
@@ -47,6 +47,14 @@ def _validation_loss(model: AnomalyModel, loader: DataLoader, device: torch.devi
         total += float(model.validation_loss(batch)) * len(batch["image"])
         count += len(batch["image"])
     return total / max(count, 1)
+
+
+def _probe_quality(model: AnomalyModel, probe: Dataset, batch_size: int, device: torch.device) -> dict[str, float]:
+    """train.select=probe: the mean of the map-maximum image AUROC and the pixel AUROC on the synthetic probe (the
+    map maximum, since a model's own score may need the calibration that follows training)."""
+    scores = synthetic_validation_scores(model, probe, batch_size, device)
+    quality = (scores["map_max_auroc"] + scores["pixel_auroc"]) / 2
+    return {"quality": quality, "map_max_auroc": scores["map_max_auroc"], "pixel_auroc": scores["pixel_auroc"]}
 
 
 def _fold_loss_sums(state: TrainState, sums: dict[str, torch.Tensor]) -> None:
@@ -209,8 +217,9 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     rank, world = distributed.setup(requested)
     progress = progress and rank == 0
     category = open_category(cfg.data)
-    if cfg.postprocess.choose == "synthetic" and not category.val:
-        raise ConfigError("postprocess.choose=synthetic needs validation images: set data.val_fraction above 0")
+    for key, value in (("postprocess.choose", cfg.postprocess.choose), ("train.select", cfg.train.select)):
+        if value in ("synthetic", "probe") and not category.val:
+            raise ConfigError(f"{key}={value} needs validation images: set data.val_fraction above 0")
     if getattr(cfg.model, "granularity", None) == "auto":  # DAAD's block size, chosen on synthetic anomalies
         cfg = choose_granularity(cfg, category, out, progress)
     seed_everything(cfg.train.seed)
@@ -232,6 +241,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
+    probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed) if cfg.train.select == "probe" else None
     model.prepare(_normal_batches(train_set, cfg.train.eval_batch_size, device, progress))
     if world > 1:
         distributed.broadcast_state(model)  # prototypes and memories fitted in prepare: rank 0's everywhere
@@ -311,22 +321,26 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 val_loss = _validation_loss(model, val_loss_loader, device)
                 if not math.isfinite(val_loss):
                     raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
-                improved = val_loss < state.best_loss
+                probed = _probe_quality(model, probe, cfg.train.eval_batch_size, device) if probe else None
+                selected = -probed["quality"] if probed else val_loss  # lower is better
+                improved = selected < state.best_loss
                 if improved:
-                    state.best_loss, state.best_state = val_loss, copy.deepcopy(model.state_dict())
+                    state.best_loss, state.best_state = selected, copy.deepcopy(model.state_dict())
             state.history.append(
                 {
                     "epoch": epoch + 1,
                     "train_loss": state.running,
                     "losses": _epoch_losses(state, sums),
                     "val_loss": val_loss,
+                    **({"probe": probed} if probed else {}),
                     "averaged_weights": average is not None,  # val_loss is the average's (train.ema_decay)
                     "seconds": time.perf_counter() - start,
                 }
             )
             if progress:
+                probe_text = f"  probe {probed['quality']:.4f}" if probed else ""
                 tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}{_terms(state.history[-1]['losses'])}  "
-                           f"val loss {val_loss:.5g}")  # fmt: skip
+                           f"val loss {val_loss:.5g}{probe_text}")  # fmt: skip
             state.stale = 0 if improved else state.stale + 1
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.seconds = time.perf_counter() - start

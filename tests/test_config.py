@@ -44,6 +44,7 @@ def test_wrong_types_are_rejected():
         ("train.epochs=0", "train.epochs must be at least 1, got 0"),
         ("train.batch_size=0", "train.batch_size must be at least 1"),
         ("train.lr=0", "train.lr must be above 0"),
+        ("train.select=best", "train.select must be loss or probe, got 'best'"),
         ("train.false_reject_rate=1", r"train.false_reject_rate must be in \[0, 1\)"),
         ("data.anomalies=-1", "data.anomalies must be at least 0"),
         ("data.tile=32", r"data.tile_overlap must be below data.tile \(32\), got 32"),

@@ -7,7 +7,8 @@ import torch
 
 from defectmap import engine, training
 from defectmap.config import apply_overrides
-from defectmap.errors import DefectmapError
+from defectmap.data.mvtec import open_category
+from defectmap.errors import ConfigError, DefectmapError
 from tests.conftest import tiny_config
 
 
@@ -83,3 +84,53 @@ def test_the_epoch_line_and_history_give_each_loss_term_of_a_model_with_several(
         assert f"discriminator_loss {terms['discriminator_loss']:.4g}" in line and "val loss" in line
     training.fit(tiny_config("ae", tiny_dataset, epochs=1), tmp_path / "ae")  # one term: the line stays short
     assert "(" not in capsys.readouterr().out.split("epoch 1: ")[1].splitlines()[0]
+
+
+def test_selecting_on_the_synthetic_probe_keeps_the_epoch_that_scores_best_there(tiny_dataset, tmp_path, capsys):
+    from defectmap.data.dataset import synthetic_probe
+    from defectmap.describe import describe
+    from defectmap.engine import load
+    from defectmap.granularity import synthetic_validation_scores
+
+    cfg = tiny_config("ae", tiny_dataset, epochs=3, patience=0)
+    apply_overrides(cfg, {"train": {"select": "probe"}})
+    ckpt = training.fit(cfg, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    qualities = [epoch["probe"]["quality"] for epoch in history]
+    assert all(0 <= q <= 1 for q in qualities) and len(set(qualities)) > 1
+    assert f"probe {qualities[0]:.4f}" in capsys.readouterr().out
+    # The kept weights are the best epoch's: scored on the same probe, they give its quality.
+    detector = load(ckpt, device="cpu")
+    _, val_set = training._loaded_datasets(detector.config, open_category(detector.config.data), False)
+    probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed)
+    scores = synthetic_validation_scores(detector.model, probe, 4, detector.device)
+    assert (scores["map_max_auroc"] + scores["pixel_auroc"]) / 2 == pytest.approx(max(qualities))
+    described = describe(detector)  # what `info` says was kept, and why
+    assert described["kept_on"] == {"measure": "synthetic-probe quality", "value": max(qualities)}
+    assert described["best_epoch"] == qualities.index(max(qualities)) + 1
+
+
+def test_selecting_on_the_probe_without_validation_images_is_a_one_line_error(tiny_dataset, tmp_path):
+    cfg = tiny_config("ae", tiny_dataset)
+    apply_overrides(cfg, {"train": {"select": "probe"}, "data": {"val_fraction": 0.0}})
+    with pytest.raises(ConfigError, match="train.select=probe needs validation images: set data.val_fraction above 0"):
+        training.fit(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_probe_decides_which_epoch_is_kept_and_when_patience_ends_training(tiny_dataset, tmp_path, monkeypatch):
+    # The probe rates epoch 1 best and the later ones worse: with patience 2 training stops after epoch 3 and keeps
+    # epoch 1's weights, the weights a one-epoch run ends with.
+    calls = []
+
+    def falling_quality(*args):
+        calls.append(1)
+        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
+
+    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    cfg = tiny_config("ae", tiny_dataset, epochs=6, patience=2)
+    apply_overrides(cfg, {"train": {"select": "probe"}})
+    kept = torch.load(training.fit(cfg, tmp_path / "probe", progress=False), weights_only=True)["state_dict"]
+    assert len(calls) == 3
+    one_epoch = trained_weights(tiny_dataset, tmp_path / "one")
+    assert all(torch.equal(kept[name], one_epoch[name]) for name in one_epoch)
