@@ -189,6 +189,7 @@ def test_criteria_script_reproduces_the_stored_comparison(tmp_path):
     for metric, difference in table[-4]["differences_points"].items():
         assert {k: v for k, v in difference.items() if k != "std"} == expected[metric]
     assert result.stdout.count("\n") == 2 + len(table)  # header, rule, one row each
+    assert result.stdout.strip() in (bench.parent / "README.md").read_text()  # the README shows today's table
 
 
 def test_regions_script_counts_found_defects_and_false_regions(tiny_dataset, tmp_path):
