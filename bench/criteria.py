@@ -84,6 +84,7 @@ def criteria() -> list[dict]:
     denoised_averaged = {
         m: rescored_rows(f"denoise_mt_cpu128/averaged/postprocess_{m}.json") for m in ("ae", "daad", "pmb")
     }
+    probe = {**benchmark_rows("select_probe_mt128/ae_daad"), **benchmark_rows("select_probe_mt128/pmb_hee")}
     cases = [
         ("#3", "DAAD+ beats the AE on image AUROC", ("image_auroc",),
          "DAAD+ (default blocks, scale 8) vs AE, 128², 15 epochs", daad_plus["scale8"], ae_128),
@@ -100,6 +101,8 @@ def criteria() -> list[dict]:
          denoised_averaged["daad"]["daad + none"], denoised_averaged["ae"]["ae + none"]),
         ("#3", "", ("image_auroc",), "DAAD+ vs AE, both trained to rebuild clean images, averaged weights, n + HEE",
          denoised_averaged["daad"]["daad + normalize+hee"], denoised_averaged["ae"]["ae + normalize+hee"]),
+        ("#3", "", ("image_auroc",), "DAAD+ vs AE, both keeping the epoch the synthetic probe rates best "
+         "(train.select=probe), 128², 15 epochs", probe["daad"], probe["ae"]),
         ("#4", "PMB + HEE beats the AE on image AUROC and AU-PRO", ("image_auroc", "aupro"),
          "PMB + HEE vs AE, 128², 15 epochs", hee["pmb+hee"], hee["ae"]),
         ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, the default recipe trained again (sessions 29-30)",
@@ -108,6 +111,8 @@ def criteria() -> list[dict]:
          denoised["pmb"]["pmb + hee"], denoised["ae"]["ae + none"]),
         ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, both trained to rebuild clean images, averaged weights",
          denoised_averaged["pmb"]["pmb + hee"], denoised_averaged["ae"]["ae + none"]),
+        ("#4", "", ("image_auroc", "aupro"), "PMB + HEE vs AE, both keeping the epoch the synthetic probe rates "
+         "best (train.select=probe)", probe["pmb_hee"], probe["ae"]),
         ("#5", "PRN k = 10 beats k = 0 on image AUROC, pixel AUROC and AU-PRO", ("image_auroc", "pixel_auroc", "aupro"),
          "k = 10 (half synthetic, per-type draws) vs k = 0, 256², 12 epochs", prn["prn_k10_synthetic_half"],
          read_holdout(RESULTS / "benchmark_mt_prn256_pertype" / "holdout_k0.json")),

@@ -183,7 +183,7 @@ def test_criteria_script_reproduces_the_stored_comparison(tmp_path):
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = json.loads(out.read_text())
-    assert [row["issue"] for row in table] == ["#3"] * 9 + ["#4"] * 4 + ["#5"] * 4
+    assert [row["issue"] for row in table] == ["#3"] * 10 + ["#4"] * 5 + ["#5"] * 4
     stored = json.loads((bench / "results" / "benchmark_mt_prn256_pertype" / "comparison.json").read_text())
     expected = stored["differences_points"]["prn_k10_synthetic_half - prn_k0"]
     for metric, difference in table[-4]["differences_points"].items():
