@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import beta, betabinom
 
 CONFIDENCE = 0.95  # of the upper bound on the false-reject rate a threshold promises
 OUTLOOK_KEYS = ("expected_false_reject_rate", "false_reject_rate_95")
@@ -35,6 +34,8 @@ def false_reject_outlook(good_scores: np.ndarray, threshold: float) -> dict[str,
 
 
 def _outlook(n: int, above: int) -> dict[str, float]:
+    from scipy.stats import beta  # here, not at the top: scipy.stats adds 0.4 s to every command's start-up
+
     upper = 1.0 if above == n else float(beta.ppf(CONFIDENCE, above + 1, n - above))
     return {"expected_false_reject_rate": (above + 1) / (n + 1), "false_reject_rate_95": upper}
 
@@ -65,6 +66,8 @@ def rejections_expected(expected_rate: float, calibration_images: int, good_imag
     """How many of `good_images` new good images a threshold should reject, on average and at most with 95%
     confidence: the Beta rate of `false_reject_outlook`, then the binomial draw of that many images (beta-binomial),
     so both the calibration's few images and the test's own sampling are in the bound."""
+    from scipy.stats import betabinom  # see _outlook
+
     n = calibration_images
     a = round(expected_rate * (n + 1))  # m + 1, the threshold's rank from the top among the n good scores
     if a > n:  # below every good score: every new good image is expected above it
