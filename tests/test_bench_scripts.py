@@ -266,3 +266,26 @@ def test_daad_latent_script_retrains_a_discriminator_that_learns_and_scores_ever
         assert all(0 <= auroc <= 1 for auroc in row["test"].values())
     assert figures[0]["test"]["map max"] == figures[100]["test"]["map max"]  # the map does not use the discriminator
     assert figures[0]["test"]["layer 1 pooled"] != figures[100]["test"]["layer 1 pooled"]
+
+
+def test_good_images_script_trains_each_count_at_the_same_steps(tiny_dataset, tmp_path):
+    # bench/good_images.py: N good training images per run, epochs scaled so every run takes the same steps.
+    script = Path(__file__).resolve().parents[1] / "bench" / "good_images.py"
+    sets = ["data.image_size=32", "train.batch_size=4", "model.channels=[8,16]", "model.latent_channels=4",
+            "train.device=cpu", "train.patience=0"]  # fmt: skip
+    args = [sys.executable, str(script), "--data", str(tiny_dataset), "--category", "tiny", "--model", "ae",
+            "--counts", "2,0", "--epochs", "1", "--out", str(tmp_path / "out"),
+            *(f"--set={s}" for s in sets)]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "good_images_ae.json").read_text())
+    available = summary["available"]
+    assert [(run["images"], run["epochs"]) for run in summary["runs"]] == [(2, round(available / 2)), (available, 1)]
+    for run in summary["runs"]:
+        assert len(run["history"]) == run["epochs_run"] == run["epochs"]  # patience 0: every epoch runs
+        run_dir = tmp_path / "out" / "ae" / f"images{run['images']}" / "seed0"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["training_normals"]["train_images"] == (2 if run["images"] == 2 else 0)
+    assert result.stdout.count("| 2 | 1 |") == 1
+    too_many = subprocess.run([*args[:8], "--counts", "999", *args[10:]], capture_output=True, text=True)
+    assert too_many.returncode == 2 and "999" in too_many.stderr

@@ -1,0 +1,76 @@
+"""How many good images does a line need? One method trained on N of a category's good training images
+(`data.train_images`, a seeded draw; the validation images stay the same) for each N in --counts, tested on the whole
+test split. Every N gets the optimizer steps that --epochs epochs over all the training images take (epochs =
+--epochs x all / N, early stopping as configured), so the table measures the images, not a shorter schedule.
+Prints a table and writes OUT/good_images_MODEL.json (with every run's per-epoch history):
+
+    python bench/good_images.py --data ../shared/data --category magnetic_tile --model prn \
+        --counts 25,50,100,200,400,0 --seeds 2 --out runs/good_images --set data.image_size=128 \
+        --set data.texture_dir=../shared/data/dtd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from defectmap.benchmark import run_one  # noqa: E402
+from defectmap.config import build_config  # noqa: E402
+from defectmap.data.mvtec import open_category  # noqa: E402
+
+KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "good_rejected", "defects_missed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--model", default="prn", help="method (default prn)")
+    parser.add_argument("--counts", default="25,50,100,200,400,0", help="good training images per run (0: all)")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs over all training images")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run, e.g. data.image_size=128")
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.counts.split(",")]
+    cfg = build_config(args.model, None, args.set, root=str(args.data), category=args.category)
+    available = len(open_category(cfg.data).train)  # after the validation images are held out
+    if max(counts) > available:
+        parser.error(f"--counts asks for {max(counts)} good training images; {args.category} has {available}")
+    rows = []
+    for seed, count in ((seed, count) for seed in range(args.seeds) for count in counts):  # a whole curve per seed
+        images = count or available
+        epochs = max(1, round(args.epochs * available / images))
+        sets = [*args.set, f"data.train_images={count}", f"train.epochs={epochs}"]
+        run_dir = args.out / args.model / f"images{images}" / f"seed{seed}"
+        report = run_one((f"{images} images", args.model, None), args.data, args.category, seed, sets, run_dir)
+        history = json.loads((run_dir / "history.json").read_text())
+        rows.append({"images": images, "seed": seed, "epochs": epochs, "epochs_run": len(history), "sets": sets,
+                     "train_seconds": report.get("train_seconds"), **{k: report.get(k) for k in KEYS},
+                     "history": history})  # fmt: skip
+        print(f"{images} images, seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in KEYS[:4])
+              + f", {len(history)} of {epochs} epochs", flush=True)  # fmt: skip
+    print(
+        "\n| good training images | seeds | epochs | image AUROC | pixel AUROC | AU-PRO@0.3 | pixel AP "
+        "| good rejected |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for count in counts:
+        mine = [r for r in rows if r["images"] == (count or available)]
+        cells = [f"{np.mean([r[k] for r in mine]):.3f}" + (f" ± {np.std([r[k] for r in mine], ddof=1):.3f}"
+                 if len(mine) > 1 else "") for k in KEYS[:4]]  # fmt: skip
+        rejected = ", ".join(str(r["good_rejected"]) for r in mine)
+        print(f"| {mine[0]['images']} | {len(mine)} | {mine[0]['epochs']} | " + " | ".join(cells) + f" | {rejected} |")
+    summary = {"model": args.model, "category": args.category, "available": available, "epochs_at_all": args.epochs,
+               "runs": rows}  # fmt: skip
+    (args.out / f"good_images_{args.model}.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
