@@ -16,11 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from defectmap.benchmark import run_one  # noqa: E402
+from defectmap.benchmark import run_one, summarise  # noqa: E402
 from defectmap.config import build_config  # noqa: E402
 from defectmap.data.mvtec import open_category  # noqa: E402
 
@@ -43,13 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     available = len(open_category(cfg.data).train)  # after the validation images are held out
     if max(counts) > available:
         parser.error(f"--counts asks for {max(counts)} good training images; {args.category} has {available}")
-    rows = []
+    rows, reports = [], []
     for seed, count in ((seed, count) for seed in range(args.seeds) for count in counts):  # a whole curve per seed
         images = count or available
         epochs = max(1, round(args.epochs * available / images))
         sets = [*args.set, f"data.train_images={count}", f"train.epochs={epochs}"]
         run_dir = args.out / args.model / f"images{images}" / f"seed{seed}"
         report = run_one((f"{images} images", args.model, None), args.data, args.category, seed, sets, run_dir)
+        reports.append(report)
         history = json.loads((run_dir / "history.json").read_text())
         rows.append({"images": images, "seed": seed, "epochs": epochs, "epochs_run": len(history), "sets": sets,
                      "train_seconds": report.get("train_seconds"), **{k: report.get(k) for k in KEYS},
@@ -61,10 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         "| good rejected |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    means = {row["model"]: row for row in summarise(reports)}  # mean and std over seeds, as `benchmark` reports
     for count in counts:
         mine = [r for r in rows if r["images"] == (count or available)]
-        cells = [f"{np.mean([r[k] for r in mine]):.3f}" + (f" ± {np.std([r[k] for r in mine], ddof=1):.3f}"
-                 if len(mine) > 1 else "") for k in KEYS[:4]]  # fmt: skip
+        row = means[f"{mine[0]['images']} images"]
+        cells = [f"{row[k]:.3f} ± {row[k + '_std']:.3f}" for k in KEYS[:4]]
         rejected = ", ".join(str(r["good_rejected"]) for r in mine)
         print(f"| {mine[0]['images']} | {len(mine)} | {mine[0]['epochs']} | " + " | ".join(cells) + f" | {rejected} |")
     summary = {"model": args.model, "category": args.category, "available": available, "epochs_at_all": args.epochs,
