@@ -1,7 +1,8 @@
 """How many good images does a line need? One method trained on N of a category's good training images
 (`data.train_images`, a seeded draw; the validation images stay the same) for each N in --counts, tested on the whole
 test split. Every N gets the optimizer steps that --epochs epochs over all the training images take (epochs =
---epochs x all / N, early stopping as configured), so the table measures the images, not a shorter schedule.
+--epochs x all / N), and early stopping waits the steps that train.patience epochs over all of them take
+(train.patience_steps), so the table measures the images, not a shorter schedule or a shorter patience.
 Prints a table and writes OUT/good_images_MODEL.json (with every run's per-epoch history):
 
     python bench/good_images.py --data ../shared/data --category magnetic_tile --model prn \
@@ -41,11 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     available = len(open_category(cfg.data).train)  # after the validation images are held out
     if max(counts) > available:
         parser.error(f"--counts asks for {max(counts)} good training images; {args.category} has {available}")
+    # Patience as the steps it spans over all the images, unless --set gives train.patience_steps.
+    wait = cfg.train.patience_steps or cfg.train.patience * (available // cfg.train.batch_size)
     rows, reports = [], []
     for seed, count in ((seed, count) for seed in range(args.seeds) for count in counts):  # a whole curve per seed
         images = count or available
         epochs = max(1, round(args.epochs * available / images))
-        sets = [*args.set, f"data.train_images={count}", f"train.epochs={epochs}"]
+        sets = [*args.set, f"data.train_images={count}", f"train.epochs={epochs}", f"train.patience_steps={wait}"]
         run_dir = args.out / args.model / f"images{images}" / f"seed{seed}"
         report = run_one((f"{images} images", args.model, None), args.data, args.category, seed, sets, run_dir)
         reports.append(report)

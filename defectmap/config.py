@@ -70,6 +70,9 @@ class TrainConfig:
     seed: int = 0  # initialisation, image order and synthetic anomalies
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
+    # Optimizer steps without improvement that early stopping also waits for: a run stops once both `patience`
+    # epochs and this many steps passed since the kept epoch. For runs on few images, where an epoch is a few steps.
+    patience_steps: int = 0
     # Which epoch's weights are kept, and what patience counts: loss (the validation loss, lowest) | probe (the
     # validation normals with synthetic anomalies pasted in: mean of the image AUROC of each map's maximum and the
     # pixel AUROC, highest; no real anomaly involved, as model.granularity=auto).
@@ -213,7 +216,7 @@ AT_LEAST = {
     "data.anomalies": 0, "data.train_images": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1,
     "data.num_workers": 0,
     "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1, "train.weight_decay": 0,
-    "train.patience": 0, "train.max_minutes": 0, "train.checkpoint_every": 1,
+    "train.patience": 0, "train.patience_steps": 0, "train.max_minutes": 0, "train.checkpoint_every": 1,
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ class TrainState:
     global_step: int = 0
     best_loss: float = math.inf  # of the selection measure, lower is better (train.select=probe: -quality)
     stale: int = 0  # epochs since the selection measure (train.select) last improved
+    best_step: int = 0  # global_step at the end of the epoch kept so far (train.patience_steps)
     running: float = 0.0  # smoothed training loss shown in the progress bar
     seconds: float = 0.0  # training time so far, across resumptions
     history: list[dict] = field(default_factory=list)

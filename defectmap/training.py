@@ -35,6 +35,7 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
+from defectmap.stopping import patience_ran_out, stop_message
 from defectmap.threshold import unreliable_rate_warning
 
 
@@ -342,11 +343,14 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}{_terms(state.history[-1]['losses'])}  "
                            f"val loss {val_loss:.5g}{probe_text}")  # fmt: skip
             state.stale = 0 if improved else state.stale + 1
+            state.best_step = state.global_step if improved else state.best_step
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.seconds = time.perf_counter() - start
             if write:
                 save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
-            if cfg.train.patience and state.stale >= cfg.train.patience:
+            if patience_ran_out(cfg.train, state):
+                if progress:
+                    tqdm.write(stop_message(cfg.train, state))
                 break
             if cfg.train.max_minutes and state.seconds > 60 * cfg.train.max_minutes:
                 break

@@ -272,7 +272,7 @@ def test_good_images_script_trains_each_count_at_the_same_steps(tiny_dataset, tm
     # bench/good_images.py: N good training images per run, epochs scaled so every run takes the same steps.
     script = Path(__file__).resolve().parents[1] / "bench" / "good_images.py"
     sets = ["data.image_size=32", "train.batch_size=4", "model.channels=[8,16]", "model.latent_channels=4",
-            "train.device=cpu", "train.patience=0"]  # fmt: skip
+            "train.device=cpu", "train.patience=5"]  # fmt: skip
     args = [sys.executable, str(script), "--data", str(tiny_dataset), "--category", "tiny", "--model", "ae",
             "--counts", "2,0", "--epochs", "1", "--out", str(tmp_path / "out"),
             *(f"--set={s}" for s in sets)]  # fmt: skip
@@ -282,7 +282,9 @@ def test_good_images_script_trains_each_count_at_the_same_steps(tiny_dataset, tm
     available = summary["available"]
     assert [(run["images"], run["epochs"]) for run in summary["runs"]] == [(2, round(available / 2)), (available, 1)]
     for run in summary["runs"]:
-        assert len(run["history"]) == run["epochs_run"] == run["epochs"]  # patience 0: every epoch runs
+        assert len(run["history"]) == run["epochs_run"] == run["epochs"]  # patience 5 epochs: every epoch runs
+        # Patience waits the steps of 5 epochs over all the images (whole batches of 4), whatever N is.
+        assert f"train.patience_steps={5 * (available // 4)}" in run["sets"]
         run_dir = tmp_path / "out" / "ae" / f"images{run['images']}" / "seed0"
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["training_normals"]["train_images"] == (2 if run["images"] == 2 else 0)

@@ -118,6 +118,27 @@ def test_selecting_on_the_probe_without_validation_images_is_a_one_line_error(ti
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("patience_steps,epochs_run", [(0, 2), (3, 4)])
+def test_patience_steps_keeps_training_until_that_many_steps_passed_without_improvement(
+    tiny_dataset, tmp_path, monkeypatch, capsys, patience_steps, epochs_run
+):
+    # Epoch 1 is the best; 6 training images in batches of 4 are 1 step an epoch (the incomplete batch is dropped).
+    # Patience 1 alone stops after epoch 2; with 3 steps as well, once 3 steps passed since epoch 1: after epoch 4.
+    calls = []
+
+    def falling_quality(*args):
+        calls.append(1)
+        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
+
+    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    cfg = tiny_config("ae", tiny_dataset, epochs=6, patience=1, patience_steps=patience_steps)
+    apply_overrides(cfg, {"train": {"select": "probe"}})
+    training.fit(cfg, tmp_path / "run")
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == len(calls) == epochs_run
+    said = {0: "after epoch 2 of 6: 1 epoch, 1 optimizer step, without", 3: "after epoch 4 of 6: 3 epochs, 3 optimizer"}
+    assert f"early stopping {said[patience_steps]}" in capsys.readouterr().out
+
+
 def test_the_probe_decides_which_epoch_is_kept_and_when_patience_ends_training(tiny_dataset, tmp_path, monkeypatch):
     # The probe rates epoch 1 best and the later ones worse: with patience 2 training stops after epoch 3 and keeps
     # epoch 1's weights, the weights a one-epoch run ends with.
