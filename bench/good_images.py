@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from defectmap.benchmark import run_one, summarise  # noqa: E402
+from defectmap.checkpoint import load_checkpoint  # noqa: E402
 from defectmap.config import build_config  # noqa: E402
 from defectmap.data.mvtec import open_category  # noqa: E402
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     if max(counts) > available:
         parser.error(f"--counts asks for {max(counts)} good training images; {args.category} has {available}")
     # Patience as the steps it spans over all the images, unless --set gives train.patience_steps.
-    wait = cfg.train.patience_steps or cfg.train.patience * (available // cfg.train.batch_size)
+    wait = cfg.train.patience_steps or cfg.train.patience * (available // min(cfg.train.batch_size, available))
     rows, reports = [], []
     for seed, count in ((seed, count) for seed in range(args.seeds) for count in counts):  # a whole curve per seed
         images = count or available
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         report = run_one((f"{images} images", args.model, None), args.data, args.category, seed, sets, run_dir)
         reports.append(report)
         history = json.loads((run_dir / "history.json").read_text())
+        # The train settings the run had (a run finished before is read back, not trained again with --set).
+        trained = load_checkpoint(run_dir / "model.ckpt")["config"]["train"]
         rows.append({"images": images, "seed": seed, "epochs": epochs, "epochs_run": len(history), "sets": sets,
+                     "train_config": trained,
                      "train_seconds": report.get("train_seconds"), **{k: report.get(k) for k in KEYS},
                      "history": history})  # fmt: skip
         print(f"{images} images, seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in KEYS[:4])

@@ -285,6 +285,7 @@ def test_good_images_script_trains_each_count_at_the_same_steps(tiny_dataset, tm
         assert len(run["history"]) == run["epochs_run"] == run["epochs"]  # patience 5 epochs: every epoch runs
         # Patience waits the steps of 5 epochs over all the images (whole batches of 4), whatever N is.
         assert f"train.patience_steps={5 * (available // 4)}" in run["sets"]
+        assert run["train_config"]["patience_steps"] == 5 * (available // 4)
         run_dir = tmp_path / "out" / "ae" / f"images{run['images']}" / "seed0"
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["training_normals"]["train_images"] == (2 if run["images"] == 2 else 0)
