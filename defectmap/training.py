@@ -99,15 +99,16 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
         dataset_as_trained(samples, data, cache=data.cache, progress=progress)
         for samples in (category.train, category.val or category.train)
     )
-    if data.tile:  # the windows test and predict will score, each an item (decoded as the tiles were cut)
-        if progress:
-            tqdm.write(f"training on {len(train_set)} tiles of {len(category.train)} images, validating on "
-                       f"{len(val_set)} tiles of {len(val_set.samples)}")  # fmt: skip
-    elif data.cache:  # decode everything up front: a bad image fails now, before any output exists
+    if data.cache and not data.tile:  # decode everything up front: a bad image fails now, before any output exists
         for dataset in (train_set, val_set):
             for i in tqdm(range(len(dataset)), desc="loading images", disable=bars_off(progress), leave=False):
                 dataset[i]
     return train_set, val_set
+
+
+def _counted(items: Dataset, tiled: bool) -> str:
+    """'N images', or with data.tile 'T tiles of N images'."""
+    return f"{len(items)} tiles of {len(items.samples)} images" if tiled else f"{len(items.samples)} images"
 
 
 def probe_batches(cfg: Config, val_set: Dataset, device: torch.device):
@@ -241,6 +242,11 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if unmarked and fit_set.mix.real_share > 0 and progress:  # with real_share 0 none is trained on anyway
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
+    if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
+        tiled, steps = bool(cfg.data.tile), len(train_set) // batch_size  # an incomplete last batch is dropped
+        tqdm.write(f"training on {_counted(train_set, tiled)}, validating on {_counted(val_set, tiled)}: {steps} "
+                   f"optimizer step{'s' * (steps != 1)} an epoch, at most {steps * cfg.train.epochs} in "
+                   f"{cfg.train.epochs} epochs")  # fmt: skip
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed) if cfg.train.select == "probe" else None
     model.prepare(_normal_batches(train_set, cfg.train.eval_batch_size, device, progress))

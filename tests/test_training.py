@@ -136,7 +136,9 @@ def test_patience_steps_keeps_training_until_that_many_steps_passed_without_impr
     training.fit(cfg, tmp_path / "run")
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == len(calls) == epochs_run
     said = {0: "after epoch 2 of 6: 1 epoch, 1 optimizer step, without", 3: "after epoch 4 of 6: 3 epochs, 3 optimizer"}
-    assert f"early stopping {said[patience_steps]}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"early stopping {said[patience_steps]}" in out
+    assert "training on 6 images, validating on 2 images: 1 optimizer step an epoch, at most 6 in 6 epochs" in out
 
 
 def test_the_probe_decides_which_epoch_is_kept_and_when_patience_ends_training(tiny_dataset, tmp_path, monkeypatch):
