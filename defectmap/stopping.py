@@ -1,11 +1,15 @@
-"""Early stopping: `train.patience` epochs and `train.patience_steps` optimizer steps without improvement.
+"""How long a run trains: early stopping after `train.patience` epochs and `train.patience_steps` optimizer steps
+without improvement, and a warning for runs far shorter than their method's recipe.
 
-Patience counts epochs, as users expect; on a few dozen images an epoch is a few optimizer steps, so a patience of
-epochs can end a run that is still learning. `train.patience_steps` makes it wait a number of steps as well, and the
-run says how many epochs and steps it waited when early stopping ends it.
+Patience and the schedule count epochs, as users expect; on a few dozen images an epoch is a few optimizer steps, so
+the default epochs can be a few dozen steps and a patience of epochs can end a run that is still learning.
+`train.patience_steps` makes early stopping wait a number of steps as well, the run says how many epochs and steps it
+waited when early stopping ends it, and a run planned for under half its method's recipe steps is warned about.
 """
 
 from __future__ import annotations
+
+import math
 
 from defectmap.config import TrainConfig
 from defectmap.resume import TrainState
@@ -21,9 +25,23 @@ def stop_message(train: TrainConfig, state: TrainState) -> str:
     """What early stopping says when it ends a run: the epochs and the optimizer steps it waited. A run on a few
     images that stops at 11 of 329 epochs after 30 steps shows that patience ended it while the schedule had hardly
     begun (README, "How many good images does a line need?")."""
-    steps = state.global_step - state.best_step
-    epochs = f"{state.stale} epoch{'s' * (state.stale != 1)}"
+    waited = f"{_count(state.stale, 'epoch')}, {_count(state.global_step - state.best_step, 'optimizer step')}"
     return (
-        f"early stopping after epoch {state.epoch} of {train.epochs}: {epochs}, {steps} optimizer "
-        f"step{'s' * (steps != 1)}, without improvement (train.patience, train.patience_steps)"
+        f"early stopping after epoch {state.epoch} of {train.epochs}: {waited}, without improvement "
+        "(train.patience, train.patience_steps)"
     )
+
+
+def short_run_warning(method: str, recipe_steps: int, per_epoch: int, epochs: int) -> str | None:
+    """The warning for a run that can take under half the optimizer steps `method`'s defaults were measured with."""
+    if per_epoch * epochs >= recipe_steps / 2:
+        return None
+    return (
+        f"this run takes at most {_count(per_epoch * epochs, 'optimizer step')} ({_count(epochs, 'epoch')} of "
+        f"{per_epoch}), and {method}'s defaults were measured with {recipe_steps}: on few images set train.epochs="
+        f"{math.ceil(recipe_steps / per_epoch)} and give early stopping steps to wait (train.patience_steps)"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"

@@ -35,7 +35,7 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
-from defectmap.stopping import patience_ran_out, stop_message
+from defectmap.stopping import patience_ran_out, short_run_warning, stop_message
 from defectmap.threshold import unreliable_rate_warning
 
 
@@ -242,11 +242,14 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if unmarked and fit_set.mix.real_share > 0 and progress:  # with real_share 0 none is trained on anyway
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
+    steps = len(train_set) // batch_size  # an epoch's optimizer steps (an incomplete last batch is dropped)
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
-        tiled, steps = bool(cfg.data.tile), len(train_set) // batch_size  # an incomplete last batch is dropped
+        tiled = bool(cfg.data.tile)
         tqdm.write(f"training on {_counted(train_set, tiled)}, validating on {_counted(val_set, tiled)}: {steps} "
                    f"optimizer step{'s' * (steps != 1)} an epoch, at most {steps * cfg.train.epochs} in "
                    f"{cfg.train.epochs} epochs")  # fmt: skip
+    if warning := short_run_warning(cfg.method, model.recipe_steps, steps, cfg.train.epochs):
+        warnings.warn(warning, stacklevel=2)
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed) if cfg.train.select == "probe" else None
     model.prepare(_normal_batches(train_set, cfg.train.eval_batch_size, device, progress))

@@ -141,6 +141,17 @@ def test_patience_steps_keeps_training_until_that_many_steps_passed_without_impr
     assert "training on 6 images, validating on 2 images: 1 optimizer step an epoch, at most 6 in 6 epochs" in out
 
 
+def test_a_run_far_shorter_than_its_methods_recipe_is_warned_about(tiny_dataset, tmp_path):
+    from defectmap.stopping import short_run_warning
+
+    # PRN's defaults were measured with 1020 steps: runs of 510 and more pass, fewer are warned; the AE states none.
+    assert short_run_warning("prn", 1020, 85, 6) is None and short_run_warning("ae", 0, 1, 1) is None
+    assert "at most 36 optimizer steps (12 epochs of 3)" in short_run_warning("prn", 1020, 3, 12)  # 25 images, batch 8
+    assert "set train.epochs=340 and" in short_run_warning("prn", 1020, 3, 12)
+    with pytest.warns(UserWarning, match=r"at most 1 optimizer step \(1 epoch of 1\), and prn's defaults were"):
+        training.fit(tiny_config("prn", tiny_dataset), tmp_path / "run", progress=False)
+
+
 def test_the_probe_decides_which_epoch_is_kept_and_when_patience_ends_training(tiny_dataset, tmp_path, monkeypatch):
     # The probe rates epoch 1 best and the later ones worse: with patience 2 training stops after epoch 3 and keeps
     # epoch 1's weights, the weights a one-epoch run ends with.

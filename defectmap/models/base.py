@@ -30,6 +30,9 @@ class AnomalyModel(nn.Module):
     takes_real_anomalies: bool = False
     # Training settings this method needs other than TrainConfig's defaults (the user's values still win).
     train_defaults: dict = {}
+    # Optimizer steps of the recipe the method's defaults were measured with (0: none stated); `train` warns when a
+    # run can take fewer than half of them, as on a few dozen images (README, "How many good images does a line need?").
+    recipe_steps: int = 0
 
     # Config fields (sizes, counts, temperatures) whose value, or every entry of it, must be above 0.
     positive: tuple[str, ...] = ()
