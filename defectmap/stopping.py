@@ -38,8 +38,8 @@ def short_run_warning(method: str, recipe_steps: int, per_epoch: int, epochs: in
         return None
     return (
         f"this run takes at most {_count(per_epoch * epochs, 'optimizer step')} ({_count(epochs, 'epoch')} of "
-        f"{per_epoch}), and {method}'s defaults were measured with {recipe_steps}: on few images set train.epochs="
-        f"{math.ceil(recipe_steps / per_epoch)} and give early stopping steps to wait (train.patience_steps)"
+        f"{per_epoch}), and {method}'s defaults were measured with {recipe_steps} steps: on few images set "
+        f"train.epochs={math.ceil(recipe_steps / per_epoch)} and give early stopping steps (train.patience_steps)"
     )
 
 
