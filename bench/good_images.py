@@ -1,8 +1,9 @@
 """How many good images does a line need? One method trained on N of a category's good training images
-(`data.train_images`, a seeded draw; the validation images stay the same) for each N in --counts, tested on the whole
-test split. Every N gets the optimizer steps that --epochs epochs over all the training images take (epochs =
---epochs x all / N), and early stopping waits the steps that train.patience epochs over all of them take
-(train.patience_steps), so the table measures the images, not a shorter schedule or a shorter patience.
+(`data.train_images`, a seeded draw; the validation images stay the same, unless --split-per-seed makes each seed
+draw both) for each N in --counts, tested on the whole test split. Every N gets the optimizer steps that --epochs
+epochs over all the training images take (epochs = --epochs x all / N), and early stopping waits the steps that
+train.patience epochs over all of them take (train.patience_steps), so the table measures the images, not a shorter
+schedule or a shorter patience.
 Prints a table and writes OUT/good_images_MODEL.json (with every run's per-epoch history):
 
     python bench/good_images.py --data ../shared/data --category magnetic_tile --model prn \
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run, e.g. data.image_size=128")
+    parser.add_argument("--split-per-seed", action="store_true", help="each seed draws the images (data.split_seed)")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     cfg = build_config(args.model, None, args.set, root=str(args.data), category=args.category)
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         epochs = max(1, round(args.epochs * available / images))
         sets = [*args.set, f"data.train_images={count}", f"train.epochs={epochs}", f"train.patience_steps={wait}"]
         run_dir = args.out / args.model / f"images{images}" / f"seed{seed}"
-        report = run_one((f"{images} images", args.model, None), args.data, args.category, seed, sets, run_dir)
+        label = (f"{images} images", args.model, None)
+        report = run_one(label, args.data, args.category, seed, sets, run_dir, split_per_seed=args.split_per_seed)
         reports.append(report)
         history = json.loads((run_dir / "history.json").read_text())
         # The train settings the run had (a run finished before is read back, not trained again with --set).
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         rejected = ", ".join(str(r["good_rejected"]) for r in mine)
         print(f"| {mine[0]['images']} | {len(mine)} | {mine[0]['epochs']} | " + " | ".join(cells) + f" | {rejected} |")
     summary = {"model": args.model, "category": args.category, "available": available, "epochs_at_all": args.epochs,
-               "runs": rows}  # fmt: skip
+               "split_per_seed": args.split_per_seed, "runs": rows}  # fmt: skip
     (args.out / f"good_images_{args.model}.json").write_text(json.dumps(summary, indent=2))
 
 

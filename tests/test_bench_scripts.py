@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from defectmap import training
+from defectmap.checkpoint import load_checkpoint
 
 
 def test_compare_script_pairs_seeds_and_applies_the_two_std_bar(tmp_path):
@@ -292,3 +293,10 @@ def test_good_images_script_trains_each_count_at_the_same_steps(tiny_dataset, tm
     assert result.stdout.count("| 2 | 1 |") == 1
     too_many = subprocess.run([*args[:8], "--counts", "999", *args[10:]], capture_output=True, text=True)
     assert too_many.returncode == 2 and "999" in too_many.stderr
+    # --split-per-seed: each seed draws its own good and validation images.
+    drawn = [*args[:8], "--counts", "2", "--seeds", "2", "--split-per-seed", *args[10:]]
+    drawn[drawn.index("--out") + 1] = str(tmp_path / "drawn")
+    assert subprocess.run(drawn, capture_output=True, text=True).returncode == 0
+    seeds = [load_checkpoint(tmp_path / "drawn" / "ae" / "images2" / f"seed{seed}" / "model.ckpt")["config"]["data"]
+             for seed in (0, 1)]  # fmt: skip
+    assert [data["split_seed"] for data in seeds] == [0, 1]
