@@ -15,6 +15,12 @@ from defectmap.config import TrainConfig
 from defectmap.resume import TrainState
 
 
+def schedule_line(trained: str, validated: str, per_epoch: int, epochs: int) -> str:
+    """What `train` says when it starts: the images, and the optimizer steps of an epoch and of the whole run."""
+    return (f"training on {trained}, validating on {validated}: {_count(per_epoch, 'optimizer step')} an epoch, at "
+            f"most {per_epoch * epochs} in {_count(epochs, 'epoch')}")  # fmt: skip
+
+
 def patience_ran_out(train: TrainConfig, state: TrainState) -> bool:
     """Both `train.patience` epochs and `train.patience_steps` steps since the kept epoch (patience 0: never)."""
     waited = state.global_step - state.best_step >= train.patience_steps

@@ -35,7 +35,7 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
-from defectmap.stopping import patience_ran_out, short_run_warning, stop_message
+from defectmap.stopping import patience_ran_out, schedule_line, short_run_warning, stop_message
 from defectmap.threshold import unreliable_rate_warning
 
 
@@ -245,9 +245,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     steps = len(train_set) // batch_size  # an epoch's optimizer steps (an incomplete last batch is dropped)
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
         tiled = bool(cfg.data.tile)
-        tqdm.write(f"training on {_counted(train_set, tiled)}, validating on {_counted(val_set, tiled)}: {steps} "
-                   f"optimizer step{'s' * (steps != 1)} an epoch, at most {steps * cfg.train.epochs} in "
-                   f"{cfg.train.epochs} epochs")  # fmt: skip
+        tqdm.write(schedule_line(_counted(train_set, tiled), _counted(val_set, tiled), steps, cfg.train.epochs))
     if warning := short_run_warning(cfg.method, model.recipe_steps, steps, cfg.train.epochs):
         warnings.warn(warning, stacklevel=2)
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
@@ -336,6 +334,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 improved = selected < state.best_loss
                 if improved:
                     state.best_loss, state.best_state = selected, copy.deepcopy(model.state_dict())
+                    state.best_step = state.global_step
             state.history.append(
                 {
                     "epoch": epoch + 1,
@@ -352,7 +351,6 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}{_terms(state.history[-1]['losses'])}  "
                            f"val loss {val_loss:.5g}{probe_text}")  # fmt: skip
             state.stale = 0 if improved else state.stale + 1
-            state.best_step = state.global_step if improved else state.best_step
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.seconds = time.perf_counter() - start
             if write:
