@@ -24,6 +24,7 @@ from defectmap.benchmark import run_one, summarise  # noqa: E402
 from defectmap.checkpoint import load_checkpoint  # noqa: E402
 from defectmap.config import build_config  # noqa: E402
 from defectmap.data.mvtec import open_category  # noqa: E402
+from defectmap.stopping import steps_per_epoch  # noqa: E402
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "good_rejected", "defects_missed")
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if max(counts) > available:
         parser.error(f"--counts asks for {max(counts)} good training images; {args.category} has {available}")
     # Patience as the steps it spans over all the images, unless --set gives train.patience_steps.
-    wait = cfg.train.patience_steps or cfg.train.patience * (available // min(cfg.train.batch_size, available))
+    wait = cfg.train.patience_steps or cfg.train.patience * steps_per_epoch(available, cfg.train.batch_size)
     rows, reports = [], []
     for seed, count in ((seed, count) for seed in range(args.seeds) for count in counts):  # a whole curve per seed
         images = count or available

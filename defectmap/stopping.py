@@ -15,10 +15,17 @@ from defectmap.config import TrainConfig
 from defectmap.resume import TrainState
 
 
+def steps_per_epoch(items: int, batch_size: int) -> int:
+    """Optimizer steps an epoch over `items` takes: batches of at most `items`, an incomplete last batch dropped."""
+    return items // min(batch_size, items)
+
+
 def schedule_line(trained: str, validated: str, per_epoch: int, epochs: int) -> str:
     """What `train` says when it starts: the images, and the optimizer steps of an epoch and of the whole run."""
-    return (f"training on {trained}, validating on {validated}: {_count(per_epoch, 'optimizer step')} an epoch, at "
-            f"most {per_epoch * epochs} in {_count(epochs, 'epoch')}")  # fmt: skip
+    return (
+        f"training on {trained}, validating on {validated}: {_count(per_epoch, 'optimizer step')} an epoch, at "
+        f"most {per_epoch * epochs} in {_count(epochs, 'epoch')}"
+    )
 
 
 def patience_ran_out(train: TrainConfig, state: TrainState) -> bool:

@@ -35,7 +35,7 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
-from defectmap.stopping import patience_ran_out, schedule_line, short_run_warning, stop_message
+from defectmap.stopping import patience_ran_out, schedule_line, short_run_warning, steps_per_epoch, stop_message
 from defectmap.threshold import unreliable_rate_warning
 
 
@@ -242,7 +242,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if unmarked and fit_set.mix.real_share > 0 and progress:  # with real_share 0 none is trained on anyway
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
-    steps = len(train_set) // batch_size  # an epoch's optimizer steps (an incomplete last batch is dropped)
+    steps = steps_per_epoch(len(train_set), batch_size)
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
         tiled = bool(cfg.data.tile)
         tqdm.write(schedule_line(_counted(train_set, tiled), _counted(val_set, tiled), steps, cfg.train.epochs))
