@@ -3,7 +3,8 @@
 draw both) for each N in --counts, tested on the whole test split. Every N gets the optimizer steps that --epochs
 epochs over all the training images take (epochs = --epochs x all / N), and early stopping waits the steps that
 train.patience epochs over all of them take (train.patience_steps), so the table measures the images, not a shorter
-schedule or a shorter patience.
+schedule or a shorter patience. (The epochs are given, so a method's train.min_steps does not apply; PRN's would give
+every N at least the 1020 steps of its defaults, close to this rule's 12 x 685 / N epochs on Magnetic Tile.)
 Prints a table and writes OUT/good_images_MODEL.json (with every run's per-epoch history):
 
     python bench/good_images.py --data ../shared/data --category magnetic_tile --model prn \

@@ -61,6 +61,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 50  # at most; early stopping may end sooner (patience)
+    # Optimizer steps a run takes at least: where train.epochs would take fewer (a few dozen images), the run trains
+    # the epochs that take them, and early stopping does not end it before them. 0 turns it off. A method may
+    # default it (prn: the steps its defaults were measured with); train.epochs given without it turns it off.
+    min_steps: int = 0
     batch_size: int = 16  # training images per step
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
@@ -204,6 +208,9 @@ def resolve_config(values: dict[str, Any], method: str | None = None) -> Config:
         raise ConfigError(f"unknown model '{method}'; available: {', '.join(MODELS)}")
     cfg = Config(method=method, model=MODELS[method].Config())
     apply_overrides(cfg, {"train": dict(MODELS[method].train_defaults)})  # the method's own recipe, then the user's
+    given = values.get("train")
+    if isinstance(given, dict) and "epochs" in given and "min_steps" not in given:
+        cfg.train.min_steps = 0  # a schedule given in epochs is trained as given
     apply_overrides(cfg, values)
     check_values(cfg)
     return cfg
@@ -215,8 +222,9 @@ TILE_SCORES = ("auto", "window", "map")  # data.tile_score
 AT_LEAST = {
     "data.anomalies": 0, "data.train_images": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1,
     "data.num_workers": 0,
-    "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1, "train.weight_decay": 0,
-    "train.patience": 0, "train.patience_steps": 0, "train.max_minutes": 0, "train.checkpoint_every": 1,
+    "train.epochs": 1, "train.min_steps": 0, "train.batch_size": 1, "train.eval_batch_size": 1,
+    "train.weight_decay": 0, "train.patience": 0, "train.patience_steps": 0, "train.max_minutes": 0,
+    "train.checkpoint_every": 1,
 }  # fmt: skip
 
 

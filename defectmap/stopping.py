@@ -1,8 +1,10 @@
-"""How long a run trains: early stopping after `train.patience` epochs and `train.patience_steps` optimizer steps
-without improvement, and a warning for runs far shorter than their method's recipe.
+"""How long a run trains: `train.epochs`, raised to take `train.min_steps` optimizer steps; early stopping after
+`train.patience` epochs and `train.patience_steps` steps without improvement, never before `train.min_steps`; and a
+warning for runs far shorter than their method's recipe.
 
 Patience and the schedule count epochs, as users expect; on a few dozen images an epoch is a few optimizer steps, so
 the default epochs can be a few dozen steps and a patience of epochs can end a run that is still learning.
+`train.min_steps` (PRN's default: the steps its defaults were measured with) trains such a run as long as its recipe,
 `train.patience_steps` makes early stopping wait a number of steps as well, the run says how many epochs and steps it
 waited when early stopping ends it, and a run planned for under half its method's recipe steps is warned about.
 """
@@ -20,28 +22,37 @@ def steps_per_epoch(items: int, batch_size: int) -> int:
     return items // min(batch_size, items)
 
 
-def schedule_line(trained: str, validated: str, per_epoch: int, epochs: int) -> str:
+def planned_epochs(train: TrainConfig, per_epoch: int) -> int:
+    """The epochs a run trains at most: `train.epochs`, or more where that takes fewer than `train.min_steps` steps."""
+    return max(train.epochs, math.ceil(train.min_steps / per_epoch))
+
+
+def schedule_line(trained: str, validated: str, per_epoch: int, train: TrainConfig) -> str:
     """What `train` says when it starts: the images, and the optimizer steps of an epoch and of the whole run."""
+    epochs = planned_epochs(train, per_epoch)
+    raised = f" (train.epochs={train.epochs}, raised to take train.min_steps={train.min_steps})"
+    raised = raised if epochs > train.epochs else ""
     return (
         f"training on {trained}, validating on {validated}: {_count(per_epoch, 'optimizer step')} an epoch, at "
-        f"most {per_epoch * epochs} in {_count(epochs, 'epoch')}"
+        f"most {per_epoch * epochs} in {_count(epochs, 'epoch')}{raised}"
     )
 
 
 def patience_ran_out(train: TrainConfig, state: TrainState) -> bool:
-    """Both `train.patience` epochs and `train.patience_steps` steps since the kept epoch (patience 0: never)."""
-    waited = state.global_step - state.best_step >= train.patience_steps
+    """Both `train.patience` epochs and `train.patience_steps` steps since the kept epoch, and `train.min_steps` steps
+    in all (patience 0: never)."""
+    waited = state.global_step - state.best_step >= train.patience_steps and state.global_step >= train.min_steps
     return bool(train.patience) and state.stale >= train.patience and waited
 
 
-def stop_message(train: TrainConfig, state: TrainState) -> str:
+def stop_message(train: TrainConfig, state: TrainState, epochs: int) -> str:
     """What early stopping says when it ends a run: the epochs and the optimizer steps it waited. A run on a few
     images that stops at 11 of 329 epochs after 30 steps shows that patience ended it while the schedule had hardly
     begun (README, "How many good images does a line need?")."""
     waited = f"{_count(state.stale, 'epoch')}, {_count(state.global_step - state.best_step, 'optimizer step')}"
     return (
-        f"early stopping after epoch {state.epoch} of {train.epochs}: {waited}, without improvement "
-        "(train.patience, train.patience_steps)"
+        f"early stopping after epoch {state.epoch} of {epochs}: {waited}, without improvement "
+        "(train.patience, train.patience_steps, train.min_steps)"
     )
 
 
@@ -51,8 +62,9 @@ def short_run_warning(method: str, recipe_steps: int, per_epoch: int, epochs: in
         return None
     return (
         f"this run takes at most {_count(per_epoch * epochs, 'optimizer step')} ({_count(epochs, 'epoch')} of "
-        f"{per_epoch}), and {method}'s defaults were measured with {recipe_steps} steps: on few images set "
-        f"train.epochs={math.ceil(recipe_steps / per_epoch)} and give early stopping steps (train.patience_steps)"
+        f"{per_epoch}), and {method}'s defaults were measured with {recipe_steps} steps: on few images add "
+        f"train.min_steps={recipe_steps} (the run then trains at least that many) or set train.epochs="
+        f"{math.ceil(recipe_steps / per_epoch)}"
     )
 
 

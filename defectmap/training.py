@@ -35,7 +35,14 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
-from defectmap.stopping import patience_ran_out, schedule_line, short_run_warning, steps_per_epoch, stop_message
+from defectmap.stopping import (
+    patience_ran_out,
+    planned_epochs,
+    schedule_line,
+    short_run_warning,
+    steps_per_epoch,
+    stop_message,
+)
 from defectmap.threshold import unreliable_rate_warning
 
 
@@ -243,10 +250,12 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
     steps = steps_per_epoch(len(train_set), batch_size)
+    epochs = planned_epochs(cfg.train, steps)  # train.epochs, or more to take train.min_steps
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
         tiled = bool(cfg.data.tile)
-        tqdm.write(schedule_line(_counted(train_set, tiled), _counted(val_set, tiled), steps, cfg.train.epochs))
-    if warning := short_run_warning(cfg.method, model.recipe_steps, steps, cfg.train.epochs):
+        tqdm.write(schedule_line(_counted(train_set, tiled), _counted(val_set, tiled), steps, cfg.train))
+    recipe = model.train_defaults.get("min_steps", 0)  # the steps its defaults were measured with
+    if warning := short_run_warning(cfg.method, recipe, steps, epochs):
         warnings.warn(warning, stacklevel=2)
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed) if cfg.train.select == "probe" else None
@@ -271,7 +280,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         state.average = average.state  # saved with the training state, updated in place
     start = time.perf_counter() - state.seconds
     with StopSignals() as signals:
-        for epoch in range(state.epoch, cfg.train.epochs):
+        for epoch in range(state.epoch, epochs):
             model.train()
             order = train_set.epoch_order(cfg.train.seed, epoch, batch_size, cfg.data.num_workers)
             order = order[state.step_in_epoch * batch_size :]
@@ -280,7 +289,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 fit_set.epoch = epoch  # new anomalies every epoch, reproducibly
             loader = DataLoader(fit_set, batch_size=batch_size // world, sampler=order,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")  # fmt: skip
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=bars_off(progress), leave=False)
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=bars_off(progress), leave=False)
             seen, epoch_start, sums = 0, time.perf_counter(), {}  # sums: loss terms on the device, not yet in state
             for batch in bar:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -357,7 +366,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
             if patience_ran_out(cfg.train, state):
                 if progress:
-                    tqdm.write(stop_message(cfg.train, state))
+                    tqdm.write(stop_message(cfg.train, state, epochs))
                 break
             if cfg.train.max_minutes and state.seconds > 60 * cfg.train.max_minutes:
                 break

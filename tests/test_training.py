@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from defectmap import engine, training
-from defectmap.config import apply_overrides
+from defectmap.config import apply_overrides, build_config, resolve_config
 from defectmap.data.mvtec import open_category
 from defectmap.errors import ConfigError, DefectmapError
 from tests.conftest import tiny_config
@@ -118,12 +118,13 @@ def test_selecting_on_the_probe_without_validation_images_is_a_one_line_error(ti
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("patience_steps,epochs_run", [(0, 2), (3, 4)])
-def test_patience_steps_keeps_training_until_that_many_steps_passed_without_improvement(
-    tiny_dataset, tmp_path, monkeypatch, capsys, patience_steps, epochs_run
+@pytest.mark.parametrize("patience_steps,min_steps,epochs_run", [(0, 0, 2), (3, 0, 4), (0, 4, 4)])
+def test_patience_steps_and_min_steps_keep_training_until_that_many_steps_passed(
+    tiny_dataset, tmp_path, monkeypatch, capsys, patience_steps, min_steps, epochs_run
 ):
     # Epoch 1 is the best; 6 training images in batches of 4 are 1 step an epoch (the incomplete batch is dropped).
-    # Patience 1 alone stops after epoch 2; with 3 steps as well, once 3 steps passed since epoch 1: after epoch 4.
+    # Patience 1 alone stops after epoch 2; with 3 patience steps as well, once 3 steps passed since epoch 1: after
+    # epoch 4; with 4 steps at least (train.min_steps), not before step 4: after epoch 4 too.
     calls = []
 
     def falling_quality(*args):
@@ -131,14 +132,35 @@ def test_patience_steps_keeps_training_until_that_many_steps_passed_without_impr
         return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
 
     monkeypatch.setattr(training, "_probe_quality", falling_quality)
-    cfg = tiny_config("ae", tiny_dataset, epochs=6, patience=1, patience_steps=patience_steps)
+    cfg = tiny_config("ae", tiny_dataset, epochs=6, patience=1, patience_steps=patience_steps, min_steps=min_steps)
     apply_overrides(cfg, {"train": {"select": "probe"}})
     training.fit(cfg, tmp_path / "run")
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == len(calls) == epochs_run
-    said = {0: "after epoch 2 of 6: 1 epoch, 1 optimizer step, without", 3: "after epoch 4 of 6: 3 epochs, 3 optimizer"}
+    waited = {2: "1 epoch, 1 optimizer step", 4: "3 epochs, 3 optimizer steps"}[epochs_run]
     out = capsys.readouterr().out
-    assert f"early stopping {said[patience_steps]}" in out
-    assert "training on 6 images, validating on 2 images: 1 optimizer step an epoch, at most 6 in 6 epochs" in out
+    assert f"early stopping after epoch {epochs_run} of 6: {waited}, without improvement" in out
+    assert "training on 6 images, validating on 2 images: 1 optimizer step an epoch, at most 6 in 6 epochs\n" in out
+
+
+def test_min_steps_raises_the_epochs_of_a_run_on_few_images(tiny_dataset, tmp_path, capsys):
+    # 1 step an epoch: 1 epoch given, 3 steps at least, so 3 epochs train, and the run says why.
+    training.fit(tiny_config("ae", tiny_dataset, epochs=1, patience=0, min_steps=3), tmp_path / "run")
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 3
+    assert "1 optimizer step an epoch, at most 3 in 3 epochs (train.epochs=1, raised to take train.min_steps=3)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_prn_trains_its_recipe_steps_unless_given_epochs():
+    # PRN's defaults were measured with 1020 steps: by default a run takes at least as many; a schedule given in
+    # epochs (on the command line, in a preset, or in a checkpoint made before train.min_steps) is trained as given.
+    assert build_config("prn", None, []).train.min_steps == 1020
+    assert build_config("prn", None, ["train.epochs=24"]).train.min_steps == 0
+    assert build_config("prn", None, ["train.epochs=24", "train.min_steps=500"]).train.min_steps == 500
+    assert resolve_config({"method": "prn", "train": {"epochs": 12, "lr": 1e-4}}).train.min_steps == 0
+    assert build_config("ae", None, []).train.min_steps == 0
+    with pytest.raises(ConfigError, match="train.min_steps"):
+        build_config("prn", None, ["train.min_steps=-1"])
 
 
 def test_a_run_far_shorter_than_its_methods_recipe_is_warned_about(tiny_dataset, tmp_path):
@@ -147,9 +169,11 @@ def test_a_run_far_shorter_than_its_methods_recipe_is_warned_about(tiny_dataset,
     # PRN's defaults were measured with 1020 steps: runs of 510 and more pass, fewer are warned; the AE states none.
     assert short_run_warning("prn", 1020, 85, 6) is None and short_run_warning("ae", 0, 1, 1) is None
     assert "at most 36 optimizer steps (12 epochs of 3)" in short_run_warning("prn", 1020, 3, 12)  # 25 images, batch 8
-    assert "set train.epochs=340 and" in short_run_warning("prn", 1020, 3, 12)
+    assert "add train.min_steps=1020 (the run then trains at least that many) or set train.epochs=340" in (
+        short_run_warning("prn", 1020, 3, 12)
+    )
     with pytest.warns(UserWarning, match=r"at most 1 optimizer step \(1 epoch of 1\), and prn's defaults were"):
-        training.fit(tiny_config("prn", tiny_dataset), tmp_path / "run", progress=False)
+        training.fit(tiny_config("prn", tiny_dataset), tmp_path / "run", progress=False)  # epochs=1 given
 
 
 def test_the_probe_decides_which_epoch_is_kept_and_when_patience_ends_training(tiny_dataset, tmp_path, monkeypatch):

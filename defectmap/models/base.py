@@ -28,11 +28,11 @@ class AnomalyModel(nn.Module):
     anomaly_mix: AnomalyMix | None = None
     # Whether `data.anomalies` (k real anomalies, held out of the test split) applies: PRN's few-shot protocol.
     takes_real_anomalies: bool = False
-    # Training settings this method needs other than TrainConfig's defaults (the user's values still win).
+    # Training settings this method needs other than TrainConfig's defaults (the user's values still win). Its
+    # `min_steps`, where it states one, are the optimizer steps its defaults were measured with: `train` warns when a
+    # run can take fewer than half of them, as one given train.epochs on a few dozen images can (README, "How many
+    # good images does a line need?").
     train_defaults: dict = {}
-    # Optimizer steps of the recipe the method's defaults were measured with (0: none stated); `train` warns when a
-    # run can take fewer than half of them, as on a few dozen images (README, "How many good images does a line need?").
-    recipe_steps: int = 0
 
     # Config fields (sizes, counts, temperatures) whose value, or every entry of it, must be above 0.
     positive: tuple[str, ...] = ()
