@@ -24,7 +24,7 @@ from defectmap.data.adapters import detect_format
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
 from defectmap.data.mvtec import CategoryData, open_category
-from defectmap.describe import describe, describe_lines, kept_epoch, method_title, threshold_rule
+from defectmap.describe import describe, describe_lines, kept_epoch, method_title, run_length, threshold_rule
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
@@ -57,10 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         )  # what the checkpoint holds, without its weights
         best, measure, value = kept_epoch(history)
         extreme = "lowest" if measure == "validation loss" else "highest"
-        minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
-        epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
         weights = "averaged weights" if best.get("averaged_weights") else "weights"  # absent before train.ema_decay
-        print(f"saved {checkpoint}: {epochs} in {minutes} min {seconds} s; the {weights} of epoch "
+        print(f"saved {checkpoint}: {run_length(history)}; the {weights} of epoch "
               f"{best['epoch']}, the {extreme} {measure} ({value:.5g})")  # fmt: skip
         data = cfg.data if cfg else None  # a resumed run's dataset is in its checkpoint
         untested = data and detect_format(data) == "folder" and not (data.test_good_dir or data.defect_dir)

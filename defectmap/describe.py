@@ -23,6 +23,16 @@ def method_title(method: str) -> str:
     return doc[0] if doc else cls.__name__
 
 
+def run_length(history: list[dict]) -> str:
+    """How long a run trained, from its history: "340 epochs (1020 optimizer steps) in 9 min 6 s" (histories written
+    before the step count was recorded give the epochs alone)."""
+    minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
+    epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
+    if "step" in history[-1]:
+        epochs += f" ({history[-1]['step']} optimizer step{'s' * (history[-1]['step'] != 1)})"
+    return f"{epochs} in {minutes} min {seconds} s"
+
+
 def threshold_rule(calibration: dict) -> str:
     """How the threshold was set: recorded by `threshold`, or train's false-reject rule on its validation images."""
     tiles = f", scored as {calibration['tile']}-pixel tiles" if calibration.get("tile") else ""
@@ -71,6 +81,8 @@ def describe(detector) -> dict:
         "kept_on": {"measure": measure, "value": value} if best else None,
         "averaged_weights": bool(best and best.get("averaged_weights")),
         "training_seconds": history[-1]["seconds"] if history else None,
+        "optimizer_steps": history[-1].get("step") if history else None,
+        "run_length": run_length(history) if history else None,
         "postprocess": dataclasses.asdict(cfg.postprocess),
         "calibration": {k: v for k, v in cal.items() if not isinstance(v, list)},  # per-position statistics left out
         "config": {
@@ -107,10 +119,8 @@ def describe_lines(d: dict) -> list[str]:
         lines.append(f"  anomalies:    {anomalies['count']} real ones from the test split (seed {anomalies['seed']}, "
                      f"{anomalies['sampling']}), left out of its evaluation")  # fmt: skip
     if d["epochs"]:
-        minutes, seconds = divmod(round(d["training_seconds"]), 60)
         weights = "averaged weights" if d["averaged_weights"] else "weights"
-        epochs = f"{d['epochs']} epoch{'s' * (d['epochs'] != 1)}"
-        lines.append(f"  training:     {epochs} in {minutes} min {seconds} s; the {weights} of epoch "
+        lines.append(f"  training:     {d['run_length']}; the {weights} of epoch "
                      f"{d['best_epoch']} kept ({d['kept_on']['measure']} {d['kept_on']['value']:.5g})")  # fmt: skip
     post = d["postprocess"]
     filters = [name for name, key in (("HEE", "hee"), ("position normalisation", "normalize")) if post[key]]

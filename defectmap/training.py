@@ -347,6 +347,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
             state.history.append(
                 {
                     "epoch": epoch + 1,
+                    "step": state.global_step,  # optimizer steps so far
                     "train_loss": state.running,
                     "losses": _epoch_losses(state, sums),
                     "val_loss": val_loss,

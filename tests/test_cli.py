@@ -55,7 +55,8 @@ def test_train_ends_with_the_epoch_it_kept_and_what_to_do_next(capsys, trained):
     history = json.loads((trained / "history.json").read_text())
     best = min(history, key=lambda epoch: epoch["val_loss"])
     said = capsys.readouterr().out.splitlines()
-    assert said[-2].startswith(f"saved {ckpt}: 2 epochs in 0 min ")
+    steps = history[-1]["step"]
+    assert said[-2].startswith(f"saved {ckpt}: 2 epochs ({steps} optimizer step{'s' * (steps != 1)}) in 0 min ")
     kept = f"the weights of epoch {best['epoch']}, the lowest validation loss ({best['val_loss']:.5g})"
     assert said[-2].endswith(kept)
     assert said[-1] == f"next: defectmap test {ckpt}, or defectmap predict {ckpt} IMAGES --out DIR"

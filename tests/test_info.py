@@ -16,7 +16,9 @@ def test_info_says_what_trained_the_model_and_what_its_threshold_promises(traine
     assert lines[:4] == [f"{ckpt}:", "ae: Plain convolutional autoencoder: the baseline every method is compared with.",
                          f"  category:     tiny ({trained.parent / 'data'}), input 32²",
                          "  trained on:   7 good images, 1 for validation"]  # fmt: skip
-    assert lines[4].startswith("  training:     2 epochs in 0 min ")
+    steps = history[-1]["step"]  # optimizer steps in all: as many in each epoch
+    assert steps == 2 * history[0]["step"] > 0
+    assert lines[4].startswith(f"  training:     2 epochs ({steps} optimizer step{'s' * (steps != 1)}) in 0 min ")
     assert lines[4].endswith(f"the weights of epoch {best['epoch']} kept (validation loss {best['val_loss']:.5g})")
     assert lines[5] == "  map filters:  none"
     assert lines[6].startswith("  threshold:    ") and lines[6].endswith(" (false-reject rate 0.01 on 1 good image)")
@@ -39,3 +41,4 @@ def test_info_says_what_trained_the_model_and_what_its_threshold_promises(traine
         record.pop("file"), record.pop("bytes"), record.pop("parameters"), record.pop("versions")
     assert from_ckpt == from_onnx  # the export carries every record `info` reads
     assert from_ckpt["epochs"] == len(history) and from_ckpt["training_normals"]["train"] == 7
+    assert from_ckpt["optimizer_steps"] == steps
