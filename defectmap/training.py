@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from defectmap import distributed
+from defectmap import distributed, stopping
 from defectmap.averaging import WeightAverage
 from defectmap.calibration import calibrate_on_validation, choose_tile_score
 from defectmap.checkpoint import atomic_write, save_checkpoint
@@ -34,14 +34,6 @@ from defectmap.resume import (
     load_training_state,
     restore_training_state,
     save_training_state,
-)
-from defectmap.stopping import (
-    patience_ran_out,
-    planned_epochs,
-    schedule_line,
-    short_run_warning,
-    steps_per_epoch,
-    stop_message,
 )
 from defectmap.threshold import unreliable_rate_warning
 
@@ -249,13 +241,13 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if unmarked and fit_set.mix.real_share > 0 and progress:  # with real_share 0 none is trained on anyway
         tqdm.write(f"{unmarked} of the {len(category.anomalies)} real anomalies mark no pixel: not trained on")
     batch_size = min(cfg.train.batch_size, len(train_set))
-    steps = steps_per_epoch(len(train_set), batch_size)
-    epochs = planned_epochs(cfg.train, steps)  # train.epochs, or more to take train.min_steps
+    steps = stopping.steps_per_epoch(len(train_set), batch_size)
+    epochs = stopping.planned_epochs(cfg.train, steps)  # train.epochs, or more to take train.min_steps
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
         tiled = bool(cfg.data.tile)
-        tqdm.write(schedule_line(_counted(train_set, tiled), _counted(val_set, tiled), steps, cfg.train))
+        tqdm.write(stopping.schedule_line(_counted(train_set, tiled), _counted(val_set, tiled), steps, cfg.train))
     recipe = model.train_defaults.get("min_steps", 0)  # the steps its defaults were measured with
-    if warning := short_run_warning(cfg.method, recipe, steps, epochs):
+    if warning := stopping.short_run_warning(cfg.method, recipe, steps, epochs):
         warnings.warn(warning, stacklevel=2)
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed) if cfg.train.select == "probe" else None
@@ -365,9 +357,9 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
             state.seconds = time.perf_counter() - start
             if write:
                 save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
-            if patience_ran_out(cfg.train, state):
+            if stopping.patience_ran_out(cfg.train, state):
                 if progress:
-                    tqdm.write(stop_message(cfg.train, state, epochs))
+                    tqdm.write(stopping.stop_message(cfg.train, state, epochs))
                 break
             if cfg.train.max_minutes and state.seconds > 60 * cfg.train.max_minutes:
                 break
