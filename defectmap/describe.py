@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from defectmap.models import MODELS
+from defectmap.stopping import plural
 from defectmap.threshold import calibration_outlook, promised_rates
 
 
@@ -27,10 +28,8 @@ def run_length(history: list[dict]) -> str:
     """How long a run trained, from its history: "340 epochs (1020 optimizer steps) in 9 min 6 s" (histories written
     before the step count was recorded give the epochs alone)."""
     minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
-    epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
-    if "step" in history[-1]:
-        epochs += f" ({history[-1]['step']} optimizer step{'s' * (history[-1]['step'] != 1)})"
-    return f"{epochs} in {minutes} min {seconds} s"
+    steps = f" ({plural(history[-1]['step'], 'optimizer step')})" if "step" in history[-1] else ""
+    return f"{plural(len(history), 'epoch')}{steps} in {minutes} min {seconds} s"
 
 
 def threshold_rule(calibration: dict) -> str:

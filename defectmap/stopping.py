@@ -33,8 +33,8 @@ def schedule_line(trained: str, validated: str, per_epoch: int, train: TrainConf
     raised = f" (train.epochs={train.epochs}, raised to take train.min_steps={train.min_steps})"
     raised = raised if epochs > train.epochs else ""
     return (
-        f"training on {trained}, validating on {validated}: {_count(per_epoch, 'optimizer step')} an epoch, at "
-        f"most {per_epoch * epochs} in {_count(epochs, 'epoch')}{raised}"
+        f"training on {trained}, validating on {validated}: {plural(per_epoch, 'optimizer step')} an epoch, at "
+        f"most {per_epoch * epochs} in {plural(epochs, 'epoch')}{raised}"
     )
 
 
@@ -49,7 +49,7 @@ def stop_message(train: TrainConfig, state: TrainState, epochs: int) -> str:
     """What early stopping says when it ends a run: the epochs and the optimizer steps it waited. A run on a few
     images that stops at 11 of 329 epochs after 30 steps shows that patience ended it while the schedule had hardly
     begun (README, "How many good images does a line need?")."""
-    waited = f"{_count(state.stale, 'epoch')}, {_count(state.global_step - state.best_step, 'optimizer step')}"
+    waited = f"{plural(state.stale, 'epoch')}, {plural(state.global_step - state.best_step, 'optimizer step')}"
     return (
         f"early stopping after epoch {state.epoch} of {epochs}: {waited}, without improvement "
         "(train.patience, train.patience_steps, train.min_steps)"
@@ -61,12 +61,13 @@ def short_run_warning(method: str, recipe_steps: int, per_epoch: int, epochs: in
     if per_epoch * epochs >= recipe_steps / 2:
         return None
     return (
-        f"this run takes at most {_count(per_epoch * epochs, 'optimizer step')} ({_count(epochs, 'epoch')} of "
+        f"this run takes at most {plural(per_epoch * epochs, 'optimizer step')} ({plural(epochs, 'epoch')} of "
         f"{per_epoch}), and {method}'s defaults were measured with {recipe_steps} steps: on few images add "
         f"train.min_steps={recipe_steps} (the run then trains at least that many) or set train.epochs="
         f"{math.ceil(recipe_steps / per_epoch)}"
     )
 
 
-def _count(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
+    """`n` and the noun, plural unless `n` is 1: 1 epoch, 340 epochs."""
     return f"{n} {noun}{'s' * (n != 1)}"
