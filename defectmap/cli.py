@@ -58,7 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         best, measure, value = kept_epoch(history)
         extreme = "lowest" if measure == "validation loss" else "highest"
         weights = "averaged weights" if best.get("averaged_weights") else "weights"  # absent before train.ema_decay
-        print(f"saved {checkpoint}: {run_length(history)}; the {weights} of epoch "
+        length = run_length(len(history), history[-1].get("step"), history[-1]["seconds"])
+        print(f"saved {checkpoint}: {length}; the {weights} of epoch "
               f"{best['epoch']}, the {extreme} {measure} ({value:.5g})")  # fmt: skip
         data = cfg.data if cfg else None  # a resumed run's dataset is in its checkpoint
         untested = data and detect_format(data) == "folder" and not (data.test_good_dir or data.defect_dir)

@@ -24,12 +24,12 @@ def method_title(method: str) -> str:
     return doc[0] if doc else cls.__name__
 
 
-def run_length(history: list[dict]) -> str:
-    """How long a run trained, from its history: "340 epochs (1020 optimizer steps) in 9 min 6 s" (histories written
-    before the step count was recorded give the epochs alone)."""
-    minutes, seconds = divmod(round(history[-1]["seconds"]), 60)
-    steps = f" ({plural(history[-1]['step'], 'optimizer step')})" if "step" in history[-1] else ""
-    return f"{plural(len(history), 'epoch')}{steps} in {minutes} min {seconds} s"
+def run_length(epochs: int, steps: int | None, seconds: float) -> str:
+    """How long a run trained: "340 epochs (1020 optimizer steps) in 9 min 6 s" (histories written before the step
+    count was recorded, steps None, give the epochs alone)."""
+    minutes, seconds = divmod(round(seconds), 60)
+    counted = f" ({plural(steps, 'optimizer step')})" if steps is not None else ""
+    return f"{plural(epochs, 'epoch')}{counted} in {minutes} min {seconds} s"
 
 
 def threshold_rule(calibration: dict) -> str:
@@ -81,7 +81,6 @@ def describe(detector) -> dict:
         "averaged_weights": bool(best and best.get("averaged_weights")),
         "training_seconds": history[-1]["seconds"] if history else None,
         "optimizer_steps": history[-1].get("step") if history else None,
-        "run_length": run_length(history) if history else None,
         "postprocess": dataclasses.asdict(cfg.postprocess),
         "calibration": {k: v for k, v in cal.items() if not isinstance(v, list)},  # per-position statistics left out
         "config": {
@@ -119,7 +118,8 @@ def describe_lines(d: dict) -> list[str]:
                      f"{anomalies['sampling']}), left out of its evaluation")  # fmt: skip
     if d["epochs"]:
         weights = "averaged weights" if d["averaged_weights"] else "weights"
-        lines.append(f"  training:     {d['run_length']}; the {weights} of epoch "
+        length = run_length(d["epochs"], d["optimizer_steps"], d["training_seconds"])
+        lines.append(f"  training:     {length}; the {weights} of epoch "
                      f"{d['best_epoch']} kept ({d['kept_on']['measure']} {d['kept_on']['value']:.5g})")  # fmt: skip
     post = d["postprocess"]
     filters = [name for name, key in (("HEE", "hee"), ("position normalisation", "normalize")) if post[key]]

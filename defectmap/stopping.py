@@ -27,9 +27,9 @@ def planned_epochs(train: TrainConfig, per_epoch: int) -> int:
     return max(train.epochs, math.ceil(train.min_steps / per_epoch))
 
 
-def schedule_line(trained: str, validated: str, per_epoch: int, train: TrainConfig) -> str:
-    """What `train` says when it starts: the images, and the optimizer steps of an epoch and of the whole run."""
-    epochs = planned_epochs(train, per_epoch)
+def schedule_line(trained: str, validated: str, per_epoch: int, epochs: int, train: TrainConfig) -> str:
+    """What `train` says when it starts: the images, and the optimizer steps of an epoch and of the whole run of
+    `epochs` (`planned_epochs`), and why where they are more than `train.epochs`."""
     raised = f" (train.epochs={train.epochs}, raised to take train.min_steps={train.min_steps})"
     raised = raised if epochs > train.epochs else ""
     return (
@@ -45,7 +45,7 @@ def patience_ran_out(train: TrainConfig, state: TrainState) -> bool:
     return bool(train.patience) and state.stale >= train.patience and waited
 
 
-def stop_message(train: TrainConfig, state: TrainState, epochs: int) -> str:
+def stop_message(state: TrainState, epochs: int) -> str:
     """What early stopping says when it ends a run: the epochs and the optimizer steps it waited. A run on a few
     images that stops at 11 of 329 epochs after 30 steps shows that patience ended it while the schedule had hardly
     begun (README, "How many good images does a line need?")."""

@@ -245,7 +245,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     epochs = stopping.planned_epochs(cfg.train, steps)  # train.epochs, or more to take train.min_steps
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
         tiled = bool(cfg.data.tile)
-        tqdm.write(stopping.schedule_line(_counted(train_set, tiled), _counted(val_set, tiled), steps, cfg.train))
+        trained, validated = _counted(train_set, tiled), _counted(val_set, tiled)
+        tqdm.write(stopping.schedule_line(trained, validated, steps, epochs, cfg.train))
     recipe = model.train_defaults.get("min_steps", 0)  # the steps its defaults were measured with
     if warning := stopping.short_run_warning(cfg.method, recipe, steps, epochs):
         warnings.warn(warning, stacklevel=2)
@@ -359,7 +360,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                 save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
             if stopping.patience_ran_out(cfg.train, state):
                 if progress:
-                    tqdm.write(stopping.stop_message(cfg.train, state, epochs))
+                    tqdm.write(stopping.stop_message(state, epochs))
                 break
             if cfg.train.max_minutes and state.seconds > 60 * cfg.train.max_minutes:
                 break
