@@ -81,6 +81,10 @@ class TrainConfig:
     # validation normals with synthetic anomalies pasted in: mean of the image AUROC of each map's maximum and the
     # pixel AUROC, highest; no real anomaly involved, as model.granularity=auto).
     select: str = "loss"
+    # Epochs between validations (validation loss or probe, the kept weights, early stopping, last.ckpt); the last
+    # epoch is always validated. 0: every epoch, or, where train.min_steps raised train.epochs, as many validations
+    # as train.epochs (one every ceil(epochs run / train.epochs) epochs).
+    validate_every: int = 0
     max_minutes: float = 0.0  # wall-clock budget for training; 0 means none
     eval_batch_size: int = 16  # images per batch in validation, test and predict
     false_reject_rate: float = 0.01  # share of held-out good images above the threshold
@@ -222,7 +226,8 @@ TILE_SCORES = ("auto", "window", "map")  # data.tile_score
 AT_LEAST = {
     "data.anomalies": 0, "data.train_images": 0, "data.tile": 0, "data.tile_overlap": 0, "data.max_pixels": 1,
     "data.num_workers": 0,
-    "train.epochs": 1, "train.min_steps": 0, "train.batch_size": 1, "train.eval_batch_size": 1,
+    "train.epochs": 1, "train.min_steps": 0, "train.validate_every": 0, "train.batch_size": 1,
+    "train.eval_batch_size": 1,
     "train.weight_decay": 0, "train.patience": 0, "train.patience_steps": 0, "train.max_minutes": 0,
     "train.checkpoint_every": 1,
 }  # fmt: skip

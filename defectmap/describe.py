@@ -45,13 +45,15 @@ def threshold_rule(calibration: dict) -> str:
 
 def kept_epoch(history: list[dict]) -> tuple[dict | None, str, float | None]:
     """(the history row whose weights training kept, the measure it was kept on, its value): the lowest validation
-    loss, or with train.select=probe the highest synthetic-probe quality (the first such epoch either way)."""
-    if not history:
+    loss, or with train.select=probe the highest synthetic-probe quality (the first such epoch either way), among
+    the validated epochs (train.validate_every)."""
+    validated = [epoch for epoch in history if epoch["val_loss"] is not None]
+    if not validated:
         return None, "", None
-    if "probe" in history[0]:
-        best = max(history, key=lambda epoch: epoch["probe"]["quality"])
+    if "probe" in validated[0]:
+        best = max(validated, key=lambda epoch: epoch["probe"]["quality"])
         return best, "synthetic-probe quality", best["probe"]["quality"]
-    best = min(history, key=lambda epoch: epoch["val_loss"])
+    best = min(validated, key=lambda epoch: epoch["val_loss"])
     return best, "validation loss", best["val_loss"]
 
 

@@ -1,6 +1,6 @@
-"""How long a run trains: `train.epochs`, raised to take `train.min_steps` optimizer steps; early stopping after
-`train.patience` epochs and `train.patience_steps` steps without improvement, never before `train.min_steps`; and a
-warning for runs far shorter than their method's recipe.
+"""How long a run trains: `train.epochs`, raised to take `train.min_steps` optimizer steps; how often it validates
+(`train.validate_every`); early stopping after `train.patience` epochs and `train.patience_steps` steps without
+improvement, never before `train.min_steps`; and a warning for runs far shorter than their method's recipe.
 
 Patience and the schedule count epochs, as users expect; on a few dozen images an epoch is a few optimizer steps, so
 the default epochs can be a few dozen steps and a patience of epochs can end a run that is still learning.
@@ -27,20 +27,37 @@ def planned_epochs(train: TrainConfig, per_epoch: int) -> int:
     return max(train.epochs, math.ceil(train.min_steps / per_epoch))
 
 
+def validation_interval(train: TrainConfig, epochs: int) -> int:
+    """Epochs between validations: `train.validate_every`, or 0 for every epoch, or, where `train.min_steps` raised
+    the run to `epochs`, as many validations as `train.epochs` (a 25-image PRN run of 340 epochs validates every 29
+    epochs, 12 times, as its recipe of 12 epochs does; validating every epoch took about half its time)."""
+    if train.validate_every:
+        return train.validate_every
+    return math.ceil(epochs / train.epochs) if epochs > train.epochs else 1
+
+
+def validates(done: int, interval: int, epochs: int) -> bool:
+    """Whether the run validates after `done` of its `epochs` epochs: every `interval` epochs, and after the last."""
+    return done % interval == 0 or done == epochs
+
+
 def schedule_line(trained: str, validated: str, per_epoch: int, epochs: int, train: TrainConfig) -> str:
-    """What `train` says when it starts: the images, and the optimizer steps of an epoch and of the whole run of
-    `epochs` (`planned_epochs`), and why where they are more than `train.epochs`."""
+    """What `train` says when it starts: the images, the optimizer steps of an epoch and of the whole run of
+    `epochs` (`planned_epochs`), and why where they are more than `train.epochs`; how often it validates where that
+    is not every epoch."""
     raised = f" (train.epochs={train.epochs}, raised to take train.min_steps={train.min_steps})"
     raised = raised if epochs > train.epochs else ""
+    interval = validation_interval(train, epochs)
+    every = f", validating every {interval} epochs" if interval > 1 else ""
     return (
         f"training on {trained}, validating on {validated}: {plural(per_epoch, 'optimizer step')} an epoch, at "
-        f"most {per_epoch * epochs} in {plural(epochs, 'epoch')}{raised}"
+        f"most {per_epoch * epochs} in {plural(epochs, 'epoch')}{raised}{every}"
     )
 
 
 def patience_ran_out(train: TrainConfig, state: TrainState) -> bool:
     """Both `train.patience` epochs and `train.patience_steps` steps since the kept epoch, and `train.min_steps` steps
-    in all (patience 0: never)."""
+    in all (patience 0: never). Asked after validated epochs only."""
     waited = state.global_step - state.best_step >= train.patience_steps and state.global_step >= train.min_steps
     return bool(train.patience) and state.stale >= train.patience and waited
 

@@ -205,7 +205,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     """Train `cfg.method` on the normal images of `cfg.data`, calibrate on validation, save `model.ckpt`.
 
     The training state (weights, optimizers, RNG, position in the epoch, early-stopping state) is
-    saved to `last.ckpt` every `train.checkpoint_every` steps, at every epoch end and on SIGINT or
+    saved to `last.ckpt` every `train.checkpoint_every` steps, at every validated epoch end and on SIGINT or
     SIGTERM; `resume=True` continues from it and ends with the weights an uninterrupted run reaches.
     Under torchrun every process trains on its slice of each global batch of `train.batch_size`
     images; rank 0 alone writes files and shows progress.
@@ -243,6 +243,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     batch_size = min(cfg.train.batch_size, len(train_set))
     steps = stopping.steps_per_epoch(len(train_set), batch_size)
     epochs = stopping.planned_epochs(cfg.train, steps)  # train.epochs, or more to take train.min_steps
+    interval = stopping.validation_interval(cfg.train, epochs)
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
         tiled = bool(cfg.data.tile)
         trained, validated = _counted(train_set, tiled), _counted(val_set, tiled)
@@ -327,42 +328,46 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
                         f"stopped by {signals.received} at step {state.global_step}; state saved to "
                         f"{out / 'last.ckpt'}: continue with `defectmap train --out {out} --resume`"
                     )
-            with average.applied(model) if average else nullcontext():  # the weights that would be kept
-                val_loss = _validation_loss(model, val_loss_loader, device)
-                if not math.isfinite(val_loss):
-                    raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
-                probed = _probe_quality(model, probe, cfg.train.eval_batch_size, device) if probe else None
-                selected = -probed["quality"] if probed else val_loss  # lower is better
-                improved = selected < state.best_loss
-                if improved:
-                    state.best_loss, state.best_state = selected, copy.deepcopy(model.state_dict())
-                    state.best_step = state.global_step
+            time_up = bool(cfg.train.max_minutes) and time.perf_counter() - start > 60 * cfg.train.max_minutes
+            validated = stopping.validates(epoch + 1, interval, epochs) or time_up
+            val_loss, probed, improved = None, None, False
+            if validated:
+                with average.applied(model) if average else nullcontext():  # the weights that would be kept
+                    val_loss = _validation_loss(model, val_loss_loader, device)
+                    if not math.isfinite(val_loss):
+                        raise DefectmapError(f"validation loss became {val_loss} at epoch {epoch + 1}; lower train.lr")
+                    probed = _probe_quality(model, probe, cfg.train.eval_batch_size, device) if probe else None
+                    selected = -probed["quality"] if probed else val_loss  # lower is better
+                    improved = selected < state.best_loss
+                    if improved:
+                        state.best_loss, state.best_state = selected, copy.deepcopy(model.state_dict())
+                        state.best_step = state.global_step
             state.history.append(
                 {
                     "epoch": epoch + 1,
                     "step": state.global_step,  # optimizer steps so far
                     "train_loss": state.running,
                     "losses": _epoch_losses(state, sums),
-                    "val_loss": val_loss,
+                    "val_loss": val_loss,  # None: not validated (train.validate_every)
                     **({"probe": probed} if probed else {}),
                     "averaged_weights": average is not None,  # val_loss is the average's (train.ema_decay)
                     "seconds": time.perf_counter() - start,
                 }
             )
-            if progress:
+            if progress and validated:
                 probe_text = f"  probe {probed['quality']:.4f}" if probed else ""
                 tqdm.write(f"epoch {epoch + 1}: train loss {state.running:.5g}{_terms(state.history[-1]['losses'])}  "
                            f"val loss {val_loss:.5g}{probe_text}")  # fmt: skip
             state.stale = 0 if improved else state.stale + 1
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.seconds = time.perf_counter() - start
-            if write:
+            if write and validated:
                 save_training_state(out / "last.ckpt", cfg, model, optimizers, state)
-            if stopping.patience_ran_out(cfg.train, state):
+            if validated and epoch + 1 < epochs and stopping.patience_ran_out(cfg.train, state):
                 if progress:
                     tqdm.write(stopping.stop_message(state, epochs))
                 break
-            if cfg.train.max_minutes and state.seconds > 60 * cfg.train.max_minutes:
+            if time_up:
                 break
     if state.best_state is not None:
         model.load_state_dict(state.best_state)

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from defectmap import engine, training
+from defectmap import engine, stopping, training
 from defectmap.config import apply_overrides, build_config, resolve_config
 from defectmap.data.mvtec import open_category
+from defectmap.describe import describe, kept_epoch
 from defectmap.errors import ConfigError, DefectmapError
 from tests.conftest import tiny_config
 
@@ -88,7 +89,6 @@ def test_the_epoch_line_and_history_give_each_loss_term_of_a_model_with_several(
 
 def test_selecting_on_the_synthetic_probe_keeps_the_epoch_that_scores_best_there(tiny_dataset, tmp_path, capsys):
     from defectmap.data.dataset import synthetic_probe
-    from defectmap.describe import describe
     from defectmap.engine import load
     from defectmap.granularity import synthetic_validation_scores
 
@@ -149,6 +149,68 @@ def test_min_steps_raises_the_epochs_of_a_run_on_few_images(tiny_dataset, tmp_pa
     assert "1 optimizer step an epoch, at most 3 in 3 epochs (train.epochs=1, raised to take train.min_steps=3)" in (
         capsys.readouterr().out
     )
+
+
+def test_a_run_raised_by_min_steps_validates_as_often_as_its_epochs_say(tiny_dataset, tmp_path, monkeypatch, capsys):
+    # 1 step an epoch: 2 epochs given, 6 steps at least, so 6 epochs train and validate twice, after epochs 3 and 6,
+    # as a 2-epoch run does; the probe rates the first validation best, so epoch 3's weights are kept: those of an
+    # uninterrupted 3-epoch run, and what `info` reports.
+    calls = []
+
+    def falling_quality(*args):
+        calls.append(1)
+        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
+
+    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    cfg = tiny_config("ae", tiny_dataset, epochs=2, patience=0, min_steps=6)
+    apply_overrides(cfg, {"train": {"select": "probe"}})
+    kept = torch.load(training.fit(cfg, tmp_path / "run"), weights_only=True)["state_dict"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [epoch["val_loss"] is not None for epoch in history] == [False, False, True, False, False, True]
+    assert len(calls) == 2 and "probe" not in history[0] and kept_epoch(history)[0]["epoch"] == 3
+    assert "at most 6 in 6 epochs (train.epochs=2, raised to take train.min_steps=6), validating every 3 epochs\n" in (
+        capsys.readouterr().out
+    )
+    three_epochs = trained_weights(tiny_dataset, tmp_path / "three", epochs=3)
+    assert all(torch.equal(kept[name], three_epochs[name]) for name in three_epochs)
+
+
+def test_validate_every_sets_when_the_run_validates_and_early_stopping_looks(tiny_dataset, tmp_path, monkeypatch):
+    # Every 2 epochs and after the last: epochs 2, 4, 5 of 5. With a falling validation measure and patience 1,
+    # the first validation is the best and the second ends the run: 4 epochs, 2 validations.
+    calls = []
+
+    def falling_quality(*args):
+        calls.append(1)
+        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
+
+    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    cfg = tiny_config("ae", tiny_dataset, epochs=5, patience=1, validate_every=2)
+    apply_overrides(cfg, {"train": {"select": "probe"}})
+    training.fit(cfg, tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [epoch["epoch"] for epoch in history if epoch["val_loss"] is not None] == [2, 4] and len(history) == 4
+    assert len(calls) == 2
+    assert [stopping.validates(done, 2, 5) for done in range(1, 6)] == [False, True, False, True, True]
+    assert stopping.validation_interval(cfg.train, 5) == 2
+    # 0: every epoch, or as many validations as train.epochs where train.min_steps raised them (340 of 12: every 29).
+    apply_overrides(cfg, {"train": {"validate_every": 0, "epochs": 12}})
+    assert stopping.validation_interval(cfg.train, 12) == 1 and stopping.validation_interval(cfg.train, 340) == 29
+    with pytest.raises(ConfigError, match="train.validate_every"):
+        build_config("ae", None, ["train.validate_every=-1"])
+
+
+def test_a_run_that_reaches_its_last_epoch_does_not_say_early_stopping_ended_it(tiny_dataset, tmp_path, capsys):
+    # Patience 1 and a validation measure that never improves after epoch 1: epoch 2 is the last epoch anyway.
+    quality = iter([0.9, 0.1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "_probe_quality", lambda *a: {"quality": next(quality), "map_max_auroc": 0.5,
+                                                              "pixel_auroc": 0.5})  # fmt: skip
+        cfg = tiny_config("ae", tiny_dataset, epochs=2, patience=1)
+        apply_overrides(cfg, {"train": {"select": "probe"}})
+        training.fit(cfg, tmp_path / "run")
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
+    assert "early stopping" not in capsys.readouterr().out
 
 
 def test_prn_trains_its_recipe_steps_unless_given_epochs():
