@@ -19,6 +19,19 @@ def trained_weights(root, out, **train):
     return torch.load(training.fit(cfg, out, progress=False), weights_only=True)["state_dict"]
 
 
+def falling_probe(monkeypatch) -> list:
+    """Replace the synthetic probe (train.select=probe) with one that rates each validation worse than the one before
+    (1, 1/2, 1/3, ...), so the first validated epoch is the best; returns the list its calls are counted in."""
+    calls = []
+
+    def falling_quality(*args):
+        calls.append(1)
+        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
+
+    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    return calls
+
+
 def test_bf16_autocast_and_channels_last_on_cpu(tiny_dataset, tmp_path):
     plain = trained_weights(tiny_dataset, tmp_path / "plain", channels_last=False)
     bf16 = trained_weights(tiny_dataset, tmp_path / "bf16", amp="bf16", channels_last=False)
@@ -125,13 +138,7 @@ def test_patience_steps_and_min_steps_keep_training_until_that_many_steps_passed
     # Epoch 1 is the best; 6 training images in batches of 4 are 1 step an epoch (the incomplete batch is dropped).
     # Patience 1 alone stops after epoch 2; with 3 patience steps as well, once 3 steps passed since epoch 1: after
     # epoch 4; with 4 steps at least (train.min_steps), not before step 4: after epoch 4 too.
-    calls = []
-
-    def falling_quality(*args):
-        calls.append(1)
-        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
-
-    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    calls = falling_probe(monkeypatch)
     cfg = tiny_config("ae", tiny_dataset, epochs=6, patience=1, patience_steps=patience_steps, min_steps=min_steps)
     apply_overrides(cfg, {"train": {"select": "probe"}})
     training.fit(cfg, tmp_path / "run")
@@ -155,13 +162,7 @@ def test_a_run_raised_by_min_steps_validates_as_often_as_its_epochs_say(tiny_dat
     # 1 step an epoch: 2 epochs given, 6 steps at least, so 6 epochs train and validate twice, after epochs 3 and 6,
     # as a 2-epoch run does; the probe rates the first validation best, so epoch 3's weights are kept: those of an
     # uninterrupted 3-epoch run, and what `info` reports.
-    calls = []
-
-    def falling_quality(*args):
-        calls.append(1)
-        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
-
-    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    calls = falling_probe(monkeypatch)
     cfg = tiny_config("ae", tiny_dataset, epochs=2, patience=0, min_steps=6)
     apply_overrides(cfg, {"train": {"select": "probe"}})
     kept = torch.load(training.fit(cfg, tmp_path / "run"), weights_only=True)["state_dict"]
@@ -178,13 +179,7 @@ def test_a_run_raised_by_min_steps_validates_as_often_as_its_epochs_say(tiny_dat
 def test_validate_every_sets_when_the_run_validates_and_early_stopping_looks(tiny_dataset, tmp_path, monkeypatch):
     # Every 2 epochs and after the last: epochs 2, 4, 5 of 5. With a falling validation measure and patience 1,
     # the first validation is the best and the second ends the run: 4 epochs, 2 validations.
-    calls = []
-
-    def falling_quality(*args):
-        calls.append(1)
-        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
-
-    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    calls = falling_probe(monkeypatch)
     cfg = tiny_config("ae", tiny_dataset, epochs=5, patience=1, validate_every=2)
     apply_overrides(cfg, {"train": {"select": "probe"}})
     training.fit(cfg, tmp_path / "run", progress=False)
@@ -200,15 +195,14 @@ def test_validate_every_sets_when_the_run_validates_and_early_stopping_looks(tin
         build_config("ae", None, ["train.validate_every=-1"])
 
 
-def test_a_run_that_reaches_its_last_epoch_does_not_say_early_stopping_ended_it(tiny_dataset, tmp_path, capsys):
+def test_a_run_that_reaches_its_last_epoch_does_not_say_early_stopping_ended_it(
+    tiny_dataset, tmp_path, monkeypatch, capsys
+):
     # Patience 1 and a validation measure that never improves after epoch 1: epoch 2 is the last epoch anyway.
-    quality = iter([0.9, 0.1])
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "_probe_quality", lambda *a: {"quality": next(quality), "map_max_auroc": 0.5,
-                                                              "pixel_auroc": 0.5})  # fmt: skip
-        cfg = tiny_config("ae", tiny_dataset, epochs=2, patience=1)
-        apply_overrides(cfg, {"train": {"select": "probe"}})
-        training.fit(cfg, tmp_path / "run")
+    falling_probe(monkeypatch)
+    cfg = tiny_config("ae", tiny_dataset, epochs=2, patience=1)
+    apply_overrides(cfg, {"train": {"select": "probe"}})
+    training.fit(cfg, tmp_path / "run")
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
     assert "early stopping" not in capsys.readouterr().out
 
@@ -241,13 +235,7 @@ def test_a_run_far_shorter_than_its_methods_recipe_is_warned_about(tiny_dataset,
 def test_the_probe_decides_which_epoch_is_kept_and_when_patience_ends_training(tiny_dataset, tmp_path, monkeypatch):
     # The probe rates epoch 1 best and the later ones worse: with patience 2 training stops after epoch 3 and keeps
     # epoch 1's weights, the weights a one-epoch run ends with.
-    calls = []
-
-    def falling_quality(*args):
-        calls.append(1)
-        return {"quality": 1 / len(calls), "map_max_auroc": 0.5, "pixel_auroc": 0.5}
-
-    monkeypatch.setattr(training, "_probe_quality", falling_quality)
+    calls = falling_probe(monkeypatch)
     cfg = tiny_config("ae", tiny_dataset, epochs=6, patience=2)
     apply_overrides(cfg, {"train": {"select": "probe"}})
     kept = torch.load(training.fit(cfg, tmp_path / "probe", progress=False), weights_only=True)["state_dict"]
