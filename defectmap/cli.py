@@ -24,7 +24,15 @@ from defectmap.data.adapters import detect_format
 from defectmap.data.demo import write_demo_dataset
 from defectmap.data.folders import open_test_folders
 from defectmap.data.mvtec import CategoryData, open_category
-from defectmap.describe import describe, describe_lines, kept_epoch, method_title, run_length, threshold_rule
+from defectmap.describe import (
+    describe,
+    describe_lines,
+    kept_epoch,
+    method_title,
+    run_length,
+    threshold_rule,
+    validations,
+)
 from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
@@ -58,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         best, measure, value = kept_epoch(history)
         extreme = "lowest" if measure == "validation loss" else "highest"
         weights = "averaged weights" if best.get("averaged_weights") else "weights"  # absent before train.ema_decay
-        length = run_length(len(history), history[-1].get("step"), history[-1]["seconds"])
+        length = run_length(len(history), history[-1].get("step"), history[-1]["seconds"], validations(history))
         print(f"saved {checkpoint}: {length}; the {weights} of epoch "
               f"{best['epoch']}, the {extreme} {measure} ({value:.5g})")  # fmt: skip
         data = cfg.data if cfg else None  # a resumed run's dataset is in its checkpoint

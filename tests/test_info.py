@@ -42,3 +42,15 @@ def test_info_says_what_trained_the_model_and_what_its_threshold_promises(traine
     assert from_ckpt == from_onnx  # the export carries every record `info` reads
     assert from_ckpt["epochs"] == len(history) and from_ckpt["training_normals"]["train"] == 7
     assert from_ckpt["optimizer_steps"] == steps
+
+
+def test_the_run_length_counts_validations_only_where_some_epochs_did_not_validate():
+    from defectmap.describe import run_length, validations
+
+    # A 25-image PRN run raised by train.min_steps validates 12 of its 340 epochs; a run that validates every epoch,
+    # and a history from before the step count, say less.
+    assert run_length(340, 1020, 226.4, 12) == "340 epochs (1020 optimizer steps, validated 12 times) in 3 min 46 s"
+    assert run_length(2, 2, 1.0, 2) == "2 epochs (2 optimizer steps) in 0 min 1 s"
+    assert run_length(5, None, 61.0) == "5 epochs in 1 min 1 s"
+    assert run_length(3, 3, 0.0, 1) == "3 epochs (3 optimizer steps, validated 1 time) in 0 min 0 s"
+    assert validations([{"val_loss": None}, {"val_loss": 0.5}, {"val_loss": None}, {"val_loss": 0.4}]) == 2
