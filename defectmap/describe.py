@@ -47,17 +47,22 @@ def threshold_rule(calibration: dict) -> str:
     return "rule not recorded"
 
 
+def validated_epochs(history: list[dict]) -> list[dict]:
+    """The rows of `history` whose epoch validated (all, unless train.validate_every or train.min_steps spaced
+    them; the others have no validation loss)."""
+    return [epoch for epoch in history if epoch["val_loss"] is not None]
+
+
 def validations(history: list[dict]) -> int:
-    """How many of the epochs in `history` validated (all, unless train.validate_every or train.min_steps spaced
-    them)."""
-    return sum(epoch["val_loss"] is not None for epoch in history)
+    """How many of the epochs in `history` validated."""
+    return len(validated_epochs(history))
 
 
 def kept_epoch(history: list[dict]) -> tuple[dict | None, str, float | None]:
     """(the history row whose weights training kept, the measure it was kept on, its value): the lowest validation
     loss, or with train.select=probe the highest synthetic-probe quality (the first such epoch either way), among
     the validated epochs (train.validate_every)."""
-    validated = [epoch for epoch in history if epoch["val_loss"] is not None]
+    validated = validated_epochs(history)
     if not validated:
         return None, "", None
     if "probe" in validated[0]:

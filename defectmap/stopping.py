@@ -41,13 +41,12 @@ def validates(done: int, interval: int, epochs: int) -> bool:
     return done % interval == 0 or done == epochs
 
 
-def schedule_line(trained: str, validated: str, per_epoch: int, epochs: int, train: TrainConfig) -> str:
+def schedule_line(trained: str, validated: str, per_epoch: int, epochs: int, interval: int, train: TrainConfig) -> str:
     """What `train` says when it starts: the images, the optimizer steps of an epoch and of the whole run of
-    `epochs` (`planned_epochs`), and why where they are more than `train.epochs`; how often it validates where that
-    is not every epoch."""
+    `epochs` (`planned_epochs`), and why where they are more than `train.epochs`; the epochs between validations
+    (`validation_interval`) where that is not every epoch."""
     raised = f" (train.epochs={train.epochs}, raised to take train.min_steps={train.min_steps})"
     raised = raised if epochs > train.epochs else ""
-    interval = validation_interval(train, epochs)
     every = f", validating every {interval} epochs" if interval > 1 else ""
     return (
         f"training on {trained}, validating on {validated}: {plural(per_epoch, 'optimizer step')} an epoch, at "

@@ -247,7 +247,7 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
     if progress:  # on a few images an epoch is a few steps: say how many (README, "How many good images")
         tiled = bool(cfg.data.tile)
         trained, held_out = _counted(train_set, tiled), _counted(val_set, tiled)
-        tqdm.write(stopping.schedule_line(trained, held_out, steps, epochs, cfg.train))
+        tqdm.write(stopping.schedule_line(trained, held_out, steps, epochs, interval, cfg.train))
     recipe = model.train_defaults.get("min_steps", 0)  # the steps its defaults were measured with
     if warning := stopping.short_run_warning(cfg.method, recipe, steps, epochs):
         warnings.warn(warning, stacklevel=2)
