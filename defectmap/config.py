@@ -62,8 +62,9 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 50  # at most; early stopping may end sooner (patience)
     # Optimizer steps a run takes at least: where train.epochs would take fewer (a few dozen images), the run trains
-    # the epochs that take them, and early stopping does not end it before them. 0 turns it off. A method may
-    # default it (prn: the steps its defaults were measured with); train.epochs given without it turns it off.
+    # the epochs that take them, and early stopping does not end it before them. 0 turns it off. Each method
+    # defaults it to the steps its results were measured with (prn 1020, the others 630); train.epochs given
+    # without it turns it off.
     min_steps: int = 0
     batch_size: int = 16  # training images per step
     lr: float = 1e-3  # Adam learning rate

@@ -69,6 +69,9 @@ def choose_granularity(cfg: Config, category: CategoryData, out_dir: Path, progr
         trial.model.granularity = "manual"
         trial.model.block_sizes = block_sizes(scale, cfg.model.memory_levels)
         trial.train.epochs = cfg.model.auto_epochs
+        # Short by design: auto_epochs epochs take at least as many steps, so this raises no trial and marks its
+        # steps as chosen (no short-run warning)
+        trial.train.min_steps = cfg.model.auto_epochs
         checkpoint = fit(trial, out_dir / "granularity" / f"scale{scale}", progress=False)
         detector = load(checkpoint, device="cpu")
         scores = synthetic_validation_scores(detector.model, probe, cfg.train.eval_batch_size, detector.device)

@@ -4,9 +4,10 @@ improvement, never before `train.min_steps`; and a warning for runs far shorter 
 
 Patience and the schedule count epochs, as users expect; on a few dozen images an epoch is a few optimizer steps, so
 the default epochs can be a few dozen steps and a patience of epochs can end a run that is still learning.
-`train.min_steps` (PRN's default: the steps its defaults were measured with) trains such a run as long as its recipe,
-`train.patience_steps` makes early stopping wait a number of steps as well, the run says how many epochs and steps it
-waited when early stopping ends it, and a run planned for under half its method's recipe steps is warned about.
+`train.min_steps` (each method's default: the steps its results were measured with) trains such a run as long as its
+recipe, `train.patience_steps` makes early stopping wait a number of steps as well, the run says how many epochs and
+steps it waited when early stopping ends it, and a run planned for under half its method's recipe steps, with no
+`train.min_steps` of its own, is warned about.
 """
 
 from __future__ import annotations
@@ -72,13 +73,15 @@ def stop_message(state: TrainState, epochs: int) -> str:
     )
 
 
-def short_run_warning(method: str, recipe_steps: int, per_epoch: int, epochs: int) -> str | None:
-    """The warning for a run that can take under half the optimizer steps `method`'s defaults were measured with."""
-    if per_epoch * epochs >= recipe_steps / 2:
+def short_run_warning(method: str, recipe_steps: int, per_epoch: int, epochs: int, min_steps: int) -> str | None:
+    """The warning for a run that can take under half the optimizer steps `method`'s results were measured with,
+    where no step count was set: a `train.epochs` given without `train.min_steps` turned the method's default off. A
+    run given its own `min_steps` (as the demo preset does: 30 steps do on its fabric) chose its steps."""
+    if min_steps or per_epoch * epochs >= recipe_steps / 2:
         return None
     return (
         f"this run takes at most {plural(per_epoch * epochs, 'optimizer step')} ({plural(epochs, 'epoch')} of "
-        f"{per_epoch}), and {method}'s defaults were measured with {recipe_steps} steps: on few images add "
+        f"{per_epoch}), and {method}'s results were measured with {recipe_steps} steps: on few images add "
         f"train.min_steps={recipe_steps} (the run then trains at least that many) or set train.epochs="
         f"{math.ceil(recipe_steps / per_epoch)}"
     )

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from defectmap.stopping import plural
+
 CONFIDENCE = 0.95  # of the upper bound on the false-reject rate a threshold promises
 OUTLOOK_KEYS = ("expected_false_reject_rate", "false_reject_rate_95")
 
@@ -94,10 +96,10 @@ def unreliable_rate_warning(good_images: int, false_reject_rate: float) -> str |
     if expected <= 2 * asked:
         return None
     return (
-        f"{n} good images cannot hold the false-reject rate to {asked:.2%}: expect about {expected:.1%} of good parts "
-        f"rejected (up to {upper:.1%} at {CONFIDENCE:.0%} confidence); {images_for_rate(asked)} or more hold it to "
-        "within twice that (raise data.val_fraction, or calibrate on more good images with `defectmap threshold CKPT "
-        "--good DIR`)"
+        f"{plural(n, 'good image')} cannot hold the false-reject rate to {asked:.2%}: expect about {expected:.1%} of "
+        f"good parts rejected (up to {upper:.1%} at {CONFIDENCE:.0%} confidence); {images_for_rate(asked)} or more "
+        "hold it to within twice that (raise data.val_fraction, or calibrate on more good images with `defectmap "
+        "threshold CKPT --good DIR`)"
     )
 
 

@@ -107,7 +107,8 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
 
 def _counted(items: Dataset, tiled: bool) -> str:
     """'N images', or with data.tile 'T tiles of N images'."""
-    return f"{len(items)} tiles of {len(items.samples)} images" if tiled else f"{len(items.samples)} images"
+    images = stopping.plural(len(items.samples), "image")
+    return f"{stopping.plural(len(items), 'tile')} of {images}" if tiled else images
 
 
 def probe_batches(cfg: Config, val_set: Dataset, device: torch.device):
@@ -248,8 +249,8 @@ def fit(cfg: Config | None, out_dir: str | Path, *, progress: bool = True, resum
         tiled = bool(cfg.data.tile)
         trained, held_out = _counted(train_set, tiled), _counted(val_set, tiled)
         tqdm.write(stopping.schedule_line(trained, held_out, steps, epochs, interval, cfg.train))
-    recipe = model.train_defaults.get("min_steps", 0)  # the steps its defaults were measured with
-    if warning := stopping.short_run_warning(cfg.method, recipe, steps, epochs):
+    recipe = model.train_defaults.get("min_steps", 0)  # the steps its results were measured with
+    if warning := stopping.short_run_warning(cfg.method, recipe, steps, epochs, cfg.train.min_steps):
         warnings.warn(warning, stacklevel=2)
     val_loss_loader = DataLoader(val_loss_set, batch_size=cfg.train.eval_batch_size)
     probe = synthetic_probe(val_set, cfg.data.texture_dir, cfg.train.seed) if cfg.train.select == "probe" else None

@@ -70,6 +70,7 @@ def test_too_few_good_images_for_the_asked_rate_warn_with_what_to_do():
     scores = list(np.linspace(0, 1, 30))
     assert calibrate(scores, [np.zeros((2, 2))] * 30, 0.01)["expected_false_reject_rate"] == pytest.approx(1 / 31)
     assert unreliable_rate_warning(49, 0.01) is None
+    assert unreliable_rate_warning(1, 0.01).startswith("1 good image cannot hold")
     assert unreliable_rate_warning(5, 0.0) is None  # the maximum, asked for
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -83,12 +84,19 @@ def test_daad_auto_granularity_picks_a_scale_on_synthetic_anomalies(tiny_dataset
     from defectmap import training
     from defectmap.config import apply_overrides
 
-    cfg = tiny_config("daad", tiny_dataset)
+    cfg = tiny_config("daad", tiny_dataset, min_steps=3)
     apply_overrides(cfg, {"data": {"val_fraction": 0.5}, "model": {"granularity": "auto", "auto_scales": [1, 4],
                                                                     "auto_epochs": 1}})  # fmt: skip
     terminal = terminal_stderr()
-    ckpt = training.fit(cfg, tmp_path / "run", progress=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ckpt = training.fit(cfg, tmp_path / "run", progress=True)
     captured = capsys.readouterr()  # the trials show a bar and one line each
+    # The trials train model.auto_epochs as given, not the run's train.min_steps, and warn of no short run
+    assert not [w for w in caught if "optimizer step" in str(w.message)]
+    for scale in (1, 4):
+        assert len(json.loads((tmp_path / "run" / "granularity" / f"scale{scale}" / "history.json").read_text())) == 1
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) >= 3
     assert "granularity trials" in terminal.getvalue()
     assert "granularity scale 4: synthetic image AUROC" in captured.out
     record = json.loads((tmp_path / "run" / "granularity.json").read_text())

@@ -1,6 +1,7 @@
 """Training options: mixed precision and channels-last run and change the arithmetic; bad values are clear."""
 
 import json
+from importlib import resources
 
 import pytest
 import torch
@@ -207,14 +208,16 @@ def test_a_run_that_reaches_its_last_epoch_does_not_say_early_stopping_ended_it(
     assert "early stopping" not in capsys.readouterr().out
 
 
-def test_prn_trains_its_recipe_steps_unless_given_epochs():
-    # PRN's defaults were measured with 1020 steps: by default a run takes at least as many; a schedule given in
-    # epochs (on the command line, in a preset, or in a checkpoint made before train.min_steps) is trained as given.
+def test_each_method_trains_its_recipe_steps_unless_given_epochs():
+    # PRN's results were measured with 1020 steps, the reconstruction models' with 630: by default a run takes at
+    # least as many; a schedule given in epochs (on the command line, in a preset, or in a checkpoint made before
+    # train.min_steps) is trained as given.
     assert build_config("prn", None, []).train.min_steps == 1020
     assert build_config("prn", None, ["train.epochs=24"]).train.min_steps == 0
     assert build_config("prn", None, ["train.epochs=24", "train.min_steps=500"]).train.min_steps == 500
     assert resolve_config({"method": "prn", "train": {"epochs": 12, "lr": 1e-4}}).train.min_steps == 0
-    assert build_config("ae", None, []).train.min_steps == 0
+    assert [build_config(m, None, []).train.min_steps for m in ("ae", "daad", "pmb")] == [630] * 3
+    assert resolve_config({"method": "daad", "train": {"epochs": 15}}).train.min_steps == 0
     with pytest.raises(ConfigError, match="train.min_steps"):
         build_config("prn", None, ["train.min_steps=-1"])
 
@@ -222,14 +225,19 @@ def test_prn_trains_its_recipe_steps_unless_given_epochs():
 def test_a_run_far_shorter_than_its_methods_recipe_is_warned_about(tiny_dataset, tmp_path):
     from defectmap.stopping import short_run_warning
 
-    # PRN's defaults were measured with 1020 steps: runs of 510 and more pass, fewer are warned; the AE states none.
-    assert short_run_warning("prn", 1020, 85, 6) is None and short_run_warning("ae", 0, 1, 1) is None
-    assert "at most 36 optimizer steps (12 epochs of 3)" in short_run_warning("prn", 1020, 3, 12)  # 25 images, batch 8
+    # PRN's results were measured with 1020 steps: runs of 510 and more pass, fewer are warned, unless the run sets
+    # its own train.min_steps; a method that states no steps is never warned about.
+    assert short_run_warning("prn", 1020, 85, 6, 0) is None and short_run_warning("prn", 0, 1, 1, 0) is None
+    assert "at most 36 optimizer steps (12 epochs of 3)" in short_run_warning("prn", 1020, 3, 12, 0)  # 25 images
     assert "add train.min_steps=1020 (the run then trains at least that many) or set train.epochs=340" in (
-        short_run_warning("prn", 1020, 3, 12)
+        short_run_warning("prn", 1020, 3, 12, 0)
     )
-    with pytest.warns(UserWarning, match=r"at most 1 optimizer step \(1 epoch of 1\), and prn's defaults were"):
+    assert short_run_warning("prn", 1020, 3, 12, 36) is None  # steps chosen: train.min_steps=36
+    with pytest.warns(UserWarning, match=r"at most 1 optimizer step \(1 epoch of 1\), and prn's results were"):
         training.fit(tiny_config("prn", tiny_dataset), tmp_path / "run", progress=False)  # epochs=1 given
+    demo = build_config(None, str(resources.files("defectmap") / "presets" / "demo.yaml"), []).train
+    assert (demo.epochs, demo.min_steps) == (30, 30)  # the AE's 630 would not be its own: 30 steps do on its fabric
+    assert short_run_warning("ae", 630, 1, demo.epochs, demo.min_steps) is None  # on 24 images
 
 
 def test_the_probe_decides_which_epoch_is_kept_and_when_patience_ends_training(tiny_dataset, tmp_path, monkeypatch):

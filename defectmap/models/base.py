@@ -29,9 +29,9 @@ class AnomalyModel(nn.Module):
     # Whether `data.anomalies` (k real anomalies, held out of the test split) applies: PRN's few-shot protocol.
     takes_real_anomalies: bool = False
     # Training settings this method needs other than TrainConfig's defaults (the user's values still win). Its
-    # `min_steps`, where it states one, are the optimizer steps its defaults were measured with: `train` warns when a
-    # run can take fewer than half of them, as one given train.epochs on a few dozen images can (README, "How many
-    # good images does a line need?").
+    # `min_steps`, where it states one, are the optimizer steps its results were measured with: `train` warns when a
+    # run with no train.min_steps of its own can take fewer than half of them, as one given train.epochs on a few
+    # dozen images can (README, "How many good images does a line need?").
     train_defaults: dict = {}
 
     # Config fields (sizes, counts, temperatures) whose value, or every entry of it, must be above 0.

@@ -29,6 +29,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from defectmap.errors import ConfigError
 from defectmap.metrics import image_auroc
 from defectmap.models.ae import (
+    RECONSTRUCTION_TRAINING,
     ReconstructionError,
     bottleneck_block,
     denoising_mix,
@@ -138,6 +139,7 @@ class DAAD(AnomalyModel):
         "discriminator_channels",
         "discriminator_lr_scale",
     )
+    train_defaults = RECONSTRUCTION_TRAINING
 
     def __init__(self, cfg: DAADConfig, post: PostprocessConfig | None = None):
         super().__init__()
