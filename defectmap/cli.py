@@ -37,6 +37,7 @@ from defectmap.errors import DataError, DefectmapError
 from defectmap.export import export
 from defectmap.models import MODELS
 from defectmap.resume import StopSignals
+from defectmap.text import plural
 from defectmap.threshold import calibration_outlook, promised_rates
 
 
@@ -166,11 +167,11 @@ def cmd_predict(args: argparse.Namespace) -> int | None:
             overlays=args.overlay,
             min_area=args.min_area,
         )
-    print(f"scored {count} image{'s' * (count != 1)}: {out / 'scores.csv'}")
+    print(f"scored {plural(count, 'image')}: {out / 'scores.csv'}")
     counts = outputs.decision_counts(out / "scores.csv")
     print(f"decisions in it: {counts['defect']} defect, {counts['good']} good{_promise(detector.calibration)}")
     if skipped:
-        print(f"skipped {skipped} unreadable image{'s' * (skipped != 1)}: {out / 'errors.csv'}", file=sys.stderr)
+        print(f"skipped {plural(skipped, 'unreadable image')}: {out / 'errors.csv'}", file=sys.stderr)
     return 1 if skipped and not count else None  # nothing could be scored: a script must not read it as success
 
 
@@ -180,7 +181,7 @@ def _promise(calibration: dict) -> str:
     if outlook is None:
         return ""
     n = calibration["val_images"]
-    return f"; the threshold's {n} good image{'s' * (n != 1)} promise{'s' * (n == 1)} {promised_rates(outlook)}"
+    return f"; the threshold's {plural(n, 'good image')} promise{'s' * (n == 1)} {promised_rates(outlook)}"
 
 
 def cmd_watch(args: argparse.Namespace) -> None:
@@ -194,7 +195,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
         scored, skipped = watch.watch_folder(detector, args.folder, args.out, stop=lambda: bool(signals.received),
                                              interval=args.interval, settle=args.settle, overlays=args.overlay,
                                              min_area=args.min_area, on_row=show)  # fmt: skip
-    print(f"stopped by {signals.received}: scored {scored} image{'s' * (scored != 1)}, {skipped} unreadable")
+    print(f"stopped by {signals.received}: scored {plural(scored, 'image')}, {skipped} unreadable")
 
 
 def cmd_threshold(args: argparse.Namespace) -> None:

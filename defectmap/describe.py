@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from defectmap.models import MODELS
-from defectmap.stopping import plural
+from defectmap.text import plural
 from defectmap.threshold import calibration_outlook, promised_rates
 
 
@@ -43,7 +43,7 @@ def threshold_rule(calibration: dict) -> str:
         return calibration["threshold_rule"] + tiles
     if "false_reject_rate" in calibration:
         n = calibration["val_images"]
-        return f"false-reject rate {calibration['false_reject_rate']} on {n} good image{'s' * (n != 1)}{tiles}"
+        return f"false-reject rate {calibration['false_reject_rate']} on {plural(n, 'good image')}{tiles}"
     return "rule not recorded"
 
 

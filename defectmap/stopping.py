@@ -16,6 +16,7 @@ import math
 
 from defectmap.config import TrainConfig
 from defectmap.resume import TrainState
+from defectmap.text import plural
 
 
 def steps_per_epoch(items: int, batch_size: int) -> int:
@@ -85,8 +86,3 @@ def short_run_warning(method: str, recipe_steps: int, per_epoch: int, epochs: in
         f"train.min_steps={recipe_steps} (the run then trains at least that many) or set train.epochs="
         f"{math.ceil(recipe_steps / per_epoch)}"
     )
-
-
-def plural(n: int, noun: str) -> str:
-    """`n` and the noun, plural unless `n` is 1: 1 epoch, 340 epochs."""
-    return f"{n} {noun}{'s' * (n != 1)}"

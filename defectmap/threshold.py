@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from defectmap.stopping import plural
+from defectmap.text import plural
 
 CONFIDENCE = 0.95  # of the upper bound on the false-reject rate a threshold promises
 OUTLOOK_KEYS = ("expected_false_reject_rate", "false_reject_rate_95")

@@ -35,6 +35,7 @@ from defectmap.resume import (
     restore_training_state,
     save_training_state,
 )
+from defectmap.text import plural
 from defectmap.threshold import unreliable_rate_warning
 
 
@@ -107,8 +108,8 @@ def _loaded_datasets(cfg: Config, category: CategoryData, progress: bool) -> tup
 
 def _counted(items: Dataset, tiled: bool) -> str:
     """'N images', or with data.tile 'T tiles of N images'."""
-    images = stopping.plural(len(items.samples), "image")
-    return f"{stopping.plural(len(items), 'tile')} of {images}" if tiled else images
+    images = plural(len(items.samples), "image")
+    return f"{plural(len(items), 'tile')} of {images}" if tiled else images
 
 
 def probe_batches(cfg: Config, val_set: Dataset, device: torch.device):

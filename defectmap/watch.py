@@ -16,6 +16,7 @@ from defectmap import engine
 from defectmap.data.images import IMAGE_SUFFIXES
 from defectmap.errors import ConfigError, DataError
 from defectmap.outputs import PredictionWriter, unique_name
+from defectmap.text import plural
 
 SLEEP_SLICE = 0.1  # seconds: how soon a stop request is seen while the folder is idle
 
@@ -52,7 +53,7 @@ def row_line(row: dict, regions: int | None) -> str:
     """One printed line per image: decision, normalised score, regions, path (or the error)."""
     if regions is None:
         return f"error  {row['path']}: {row['error']}"
-    return f"{row['decision']:<6} {row['normalised_score']:.3f}  {regions} region{'s' * (regions != 1)}  {row['path']}"
+    return f"{row['decision']:<6} {row['normalised_score']:.3f}  {plural(regions, 'region')}  {row['path']}"
 
 
 def check_arguments(folder: str | Path, out_dir: str | Path, interval: float, settle: float) -> None:
